@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Mean, std, min, max, q01, q99 and count of state and action over every episode, in one pass.
+
+    python compute_dataset_stats.py --dataset_root data/Eye_trocar_sim --output dataset_stats_sim.yaml
+
+Discovery and keys (state layout, action key, cameras) are the training config's, so the statistics
+describe exactly what training reads.
+"""
+
+import argparse
+import time
+
+from insertion_vla.config import load_config
+from insertion_vla.episodes import discover_episodes, keys_from_config
+from insertion_vla.errors import exit_on_user_error
+from insertion_vla.stats import compute_stats, save_stats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_root", help="directory searched recursively for *.h5/*.hdf5 (default: the config's dataset.root_dir)")
+    parser.add_argument("--output", default="dataset_stats_sim.yaml", help="YAML file to write (atomically); default: %(default)s")
+    parser.add_argument("--config", help="training config whose dataset section gives the keys (default: built-in defaults)")
+    parser.add_argument("--max_episodes", type=int, help="use only the first N episodes in discovery order")
+    parser.add_argument("--skip_bad", action="store_true", help="skip damaged or malformed files and list them, instead of failing")
+    args = parser.parse_args()
+
+    dataset_cfg = load_config(args.config)["dataset"]
+    root = args.dataset_root or dataset_cfg["root_dir"]
+    keys = keys_from_config(dataset_cfg)
+    paths = discover_episodes(root)[: args.max_episodes]
+    print(f"Computing statistics of {len(paths)} episodes in {root} (state: {' + '.join(keys.state_keys)}, action: {keys.action_key})")
+
+    start = time.perf_counter()
+    stats, skipped = compute_stats(paths, keys, skip_bad=args.skip_bad)
+    for path, reason in skipped:
+        print(f"skipped: {reason}")
+    source = {
+        "dataset_root": str(root), "episodes": len(paths) - len(skipped), "skipped": [str(p) for p, _ in skipped],
+        "state_keys": list(keys.state_keys), "action_key": keys.action_key,
+    }
+    save_stats(stats, args.output, source)
+    for feature, s in stats.items():
+        print(f"{feature}: {s['count']} frames, {len(s['mean'])} dims")
+        print(f"  mean {s['mean'].round(4).tolist()}")
+        print(f"  std  {s['std'].round(4).tolist()}")
+    print(f"Wrote {args.output} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
