@@ -1,0 +1,125 @@
+"""Self-contained export of a trained policy in lerobot's own layout, loadable offline with lerobot alone.
+
+    OUT_DIR/
+      config.json, model.safetensors                 SmolVLAPolicy.save_pretrained
+      policy_preprocessor.json + *.safetensors       lerobot's processor pipelines, with our normalization stats
+      policy_postprocessor.json + *.safetensors
+      vlm/                                           the VLM's config, tokenizer and processor (no weights: the
+                                                     VLM's trained weights are in model.safetensors)
+
+config.json names `vlm/` as `vlm_model_name` with `load_vlm_weights: false`, and the preprocessor's tokenizer step
+names it as `tokenizer_name`, so loading builds the VLM from these files and downloads nothing:
+
+    policy = SmolVLAPolicy.from_pretrained(OUT_DIR)
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=OUT_DIR)
+
+lerobot hands both names to transformers' from_pretrained unchanged, which resolves a relative path against the
+current directory, not against OUT_DIR; so they are written as absolute paths. After moving the folder (e.g. to a
+robot computer) either rewrite them once with repoint_export(NEW_DIR), or load with two overrides, lerobot only:
+
+    d = Path(NEW_DIR).resolve()
+    policy = SmolVLAPolicy.from_pretrained(d, cli_overrides=[f"--vlm_model_name={d / 'vlm'}"])
+    preprocessor, postprocessor = make_pre_post_processors(
+        policy.config, pretrained_path=str(d),
+        preprocessor_overrides={"tokenizer_processor": {"tokenizer_name": str(d / "vlm")}})
+"""
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+VLM_SUBDIR = "vlm"
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+TOKENIZER_STEP = "tokenizer_processor"
+DEVICE_STEP = "device_processor"
+
+
+def export_pretrained(
+    policy: SmolVLAPolicy, preprocessor, postprocessor, out_dir: str | os.PathLike, *, device: str | None = None
+) -> Path:
+    """Write `policy` and its processors (with their stats) to `out_dir` in lerobot's layout; return its path.
+
+    device: the device the exported config and preprocessor name (default: the policy's). lerobot refuses to
+    load a "cuda" preprocessor on a machine without CUDA: export with device="cpu" for such a robot computer.
+    Written atomically: built in `<out_dir>.tmp-<pid>`, then renamed over any existing `out_dir`.
+    """
+    out_dir = Path(out_dir).resolve()
+    tmp_dir = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    vlm_dir = out_dir / VLM_SUBDIR  # where the files will be once renamed; the saved paths name this
+
+    vlm = policy.model.vlm_with_expert
+    vlm.config.save_pretrained(tmp_dir / VLM_SUBDIR)
+    vlm.processor.save_pretrained(tmp_dir / VLM_SUBDIR)  # tokenizer, image and video processor
+
+    device = device or policy.config.device
+    policy.save_pretrained(tmp_dir)  # model.safetensors (+ a config.json replaced below)
+    exported_config = replace(
+        policy.config, vlm_model_name=str(vlm_dir), load_vlm_weights=False, pretrained_path=None, device=device
+    )
+    exported_config.save_pretrained(tmp_dir)
+    preprocessor.save_pretrained(tmp_dir)
+    postprocessor.save_pretrained(tmp_dir)
+    _set_step_config(tmp_dir / PREPROCESSOR_FILE, TOKENIZER_STEP, tokenizer_name=str(vlm_dir))
+    _set_step_config(tmp_dir / PREPROCESSOR_FILE, DEVICE_STEP, device=device)
+
+    _fsync_tree(tmp_dir)
+    _replace_dir(tmp_dir, out_dir)
+    return out_dir
+
+
+def repoint_export(export_dir: str | os.PathLike) -> Path:
+    """Point a moved export's config and tokenizer step at its own `vlm/` again (rewrites two JSON files)."""
+    export_dir = Path(export_dir).resolve()
+    vlm_dir = str(export_dir / VLM_SUBDIR)
+    config_path = export_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["vlm_model_name"] = vlm_dir
+    _write_json(config_path, config)
+    _set_step_config(export_dir / PREPROCESSOR_FILE, TOKENIZER_STEP, tokenizer_name=vlm_dir)
+    return export_dir
+
+
+def _set_step_config(pipeline_path: Path, registry_name: str, **values) -> None:
+    """Set config values of the one step named `registry_name` in a saved lerobot processor pipeline."""
+    pipeline = json.loads(pipeline_path.read_text())
+    steps = [step for step in pipeline["steps"] if step.get("registry_name") == registry_name]
+    if len(steps) != 1:
+        raise ValueError(f"{pipeline_path} has {len(steps)} '{registry_name}' steps, expected exactly one")
+    steps[0]["config"].update(values)
+    _write_json(pipeline_path, pipeline)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp_path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename src to dst; an existing dst is moved aside first and deleted after (directories can't be
+    os.replace'd over a non-empty one)."""
+    old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    dir_fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
