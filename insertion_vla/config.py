@@ -107,6 +107,11 @@ SCHEMA = {
         "batch_size": _field(16),
         "plot_episodes": _field(3, help="held-out episodes drawn in the trajectory plot"),
     },
+    "evaluation": {
+        "enable": _field(False, help="closed-loop episodes in the simulator during training (rank 0)"),
+        "freq": _field(2000, help="every N steps and at the end"),
+        "episodes": _field(10, help="simulated episodes per evaluation"),
+    },
     "optimizer": {
         "lr": _field(1e-4, *NUMBER, help="peak learning rate"),
         "betas": _field([0.9, 0.95], list),
@@ -252,6 +257,9 @@ def validate(cfg: dict):
         section, key = dotted.split(".")
         if cfg[section][key] < 1:
             raise ConfigError(f"{dotted} must be at least 1, got {cfg[section][key]}.")
+    keep = cfg["training"]["keep_last_checkpoints"]
+    if keep is not None and keep < 1:
+        raise ConfigError(f"training.keep_last_checkpoints must be at least 1 or null (keep all), got {keep}.")
     if cfg["normalization"]["mode"] not in ("MEAN_STD", "MIN_MAX", "IDENTITY"):
         raise ConfigError(f"normalization.mode must be MEAN_STD, MIN_MAX or IDENTITY, got {cfg['normalization']['mode']!r}.")
 

@@ -1,0 +1,98 @@
+"""Training checkpoints: atomic save, safe load, `--resume auto`, retention.
+
+A checkpoint is a dict of tensors and plain Python values only, so `torch.load(path, weights_only=True)`
+loads it: no pickled code runs. Files are written under a temporary name (never ending in .pt), fsynced and
+renamed, so a kill at any moment leaves every *.pt file complete. `checkpoint_latest.pt` is a hard link to
+the newest step file (a copy where the filesystem has no hard links).
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from insertion_vla.errors import UserError
+from insertion_vla.fileio import atomic_output, temp_path_for
+
+STEP_FILE = re.compile(r"^checkpoint_step_(\d+)\.pt$")
+LATEST = "checkpoint_latest.pt"
+BEST = "checkpoint_best.pt"
+
+
+def step_path(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"checkpoint_step_{step}.pt"
+
+
+def save_checkpoint(state: dict, ckpt_dir, step: int) -> Path:
+    """Write checkpoint_step_N.pt, then point checkpoint_latest.pt at it."""
+    ckpt_dir = Path(ckpt_dir)
+    path = step_path(ckpt_dir, step)
+    try:
+        with atomic_output(path) as tmp:
+            torch.save(state, tmp)
+        link_or_copy(path, ckpt_dir / LATEST)
+    except OSError as err:
+        raise UserError(
+            f"cannot write checkpoint {path}: {err.strerror or err}. Free disk space or fix permissions of "
+            f"{ckpt_dir}; earlier checkpoints are intact and `--resume auto` continues from the newest."
+        ) from None
+    return path
+
+
+def link_or_copy(src: Path, dst: Path):
+    """Atomically make dst the same content as src."""
+    tmp = temp_path_for(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}. Give an existing checkpoint_*.pt or --resume auto.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, wrong format, pickled code: all unusable the same way
+        raise UserError(
+            f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). It is "
+            "damaged or not one of ours; use an older checkpoint_step_N.pt from the same folder."
+        ) from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise UserError(f"{path} is not a training checkpoint of this toolkit (no 'step'/'model' entries).")
+    return state
+
+
+def step_checkpoints(ckpt_dir) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint_step_N.pt, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def find_resume_checkpoint(ckpt_dir) -> Path | None:
+    """`--resume auto`: the newest step checkpoint (complete by construction), or None for a fresh start.
+
+    The step files, not checkpoint_latest.pt, decide: a kill between writing a step file and relinking
+    latest leaves latest one save behind.
+    """
+    ckpts = step_checkpoints(ckpt_dir)
+    if ckpts:
+        return ckpts[-1][1]
+    latest = Path(ckpt_dir) / LATEST
+    return latest if latest.is_file() else None
+
+
+def prune_checkpoints(ckpt_dir, keep_last: int | None):
+    """Delete all but the newest `keep_last` step checkpoints (checkpoint_best.pt is never touched)."""
+    if keep_last is None:
+        return
+    for _, path in step_checkpoints(ckpt_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
