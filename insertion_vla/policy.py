@@ -72,7 +72,8 @@ def build_policy(
     camera_keys: lerobot image keys, e.g. ["observation.images.camera1", ...].
     stats: {"observation.state": {"mean": (D,), "std", "min", "max", "q01", "q99", "count"}, "action": {...}};
         None means normalization is disabled (the explicit opt-out): state and action pass through unchanged.
-    The policy is returned in eval mode (lerobot's from_pretrained does that): call policy.train() to train.
+    The policy is returned in eval mode, as lerobot's from_pretrained returns it: call policy.train() to train
+    (SmolVLA's train() keeps a frozen VLM / vision encoder in eval mode).
     """
     config = make_smolvla_config(
         policy_cfg, state_dim=state_dim, action_dim=action_dim, camera_keys=camera_keys,
@@ -101,13 +102,14 @@ def build_policy(
             # All weights, the VLM's included, come from the trained SmolVLA; config (features, sizes) is ours.
             policy = SmolVLAPolicy.from_pretrained(pretrained, config=config)
         else:
-            policy = SmolVLAPolicy(config).to(config.device)
+            policy = SmolVLAPolicy(config).to(config.device).eval()
         preprocessor, postprocessor = make_smolvla_pre_post_processors(config, dataset_stats=lerobot_stats)
     except (OSError, ValueError) as err:  # transformers/huggingface_hub report a missing repo or no network so
         if not hub_names:
             raise
         raise hub_unavailable_error(hub_names, err) from err
     check_image_size(policy)
+    freeze_unreached_vlm_layers(policy)
     return policy, preprocessor, postprocessor
 
 
@@ -204,6 +206,27 @@ def check_image_size(policy: SmolVLAPolicy) -> None:
             f"{policy.config.vlm_model_name} the side must be a multiple of {multiple} (patch_size "
             f"{vlm_config.vision_config.patch_size} x scale_factor {vlm_config.scale_factor})"
         )
+
+
+def freeze_unreached_vlm_layers(policy: SmolVLAPolicy) -> None:
+    """Freeze the VLM's last layer(s) and final norm when the VLM trains (train_expert_only false), as lerobot means to.
+
+    Their outputs never reach the action expert, so they get no gradient, and DDP stops at the second step
+    ("Expected to have finished reduction..."). lerobot 0.4.4 freezes them by the names "text_model.model.layers.N."
+    and "text_model.model.norm.weight", which transformers 4.57 spells "text_model.layers.N." and
+    "text_model.norm.weight": it freezes nothing. Same rule here, with today's names.
+    """
+    vlm_with_expert = policy.model.vlm_with_expert
+    if vlm_with_expert.train_expert_only:
+        return  # the whole VLM is frozen already
+    num_vlm, num_expert = vlm_with_expert.num_vlm_layers, vlm_with_expert.num_expert_layers
+    last_layers = [num_vlm - 1]
+    if num_vlm != num_expert and num_vlm % num_expert == 0:
+        last_layers.append(num_vlm - 2)
+    frozen = ["text_model.norm.weight", *(f"text_model.layers.{layer}." for layer in last_layers)]
+    for name, parameter in vlm_with_expert.vlm.named_parameters():
+        if any(part in name for part in frozen):
+            parameter.requires_grad = False
 
 
 def hub_unavailable_error(hub_names: list[str], err: Exception) -> HubUnavailableError:

@@ -118,6 +118,18 @@ def test_temporal_term_has_a_gradient_on_trainable_parameters(tiny_vlm_dir):
     assert all(p.grad is None for p in policy.parameters() if not p.requires_grad)  # frozen VLM stays frozen
 
 
+@pytest.mark.parametrize("vlm_flags", [{}, {"train_expert_only": False}, {"train_expert_only": False, "num_vlm_layers": 2}])
+def test_every_trainable_parameter_gets_a_gradient(tiny_vlm_dir, vlm_flags):
+    """What DistributedDataParallel needs (else it stops at the second step): no trainable parameter left unused,
+    also when the VLM trains (lerobot 0.4.4 misses freezing its unreached last layer there)."""
+    policy, pre, _ = build(tiny_vlm_dir, **vlm_flags)
+    raw = make_raw_batch(2, STATE_DIM, ACTION_DIM, horizon=50)
+    compute_losses(policy, prepare_batch(raw, pre, "cpu"), 0.1)["loss"].backward()
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert any(".vlm.model.text_model.layers.0." in n for n in trainable) == ("train_expert_only" in vlm_flags)
+
+
 def test_fixed_noise_and_time_give_a_repeatable_loss_and_default_draws_vary(tiny_vlm_dir):
     policy, pre, _ = build(tiny_vlm_dir)
     raw = make_raw_batch(2, STATE_DIM, ACTION_DIM, horizon=50)
