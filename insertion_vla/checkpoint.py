@@ -96,3 +96,22 @@ def prune_checkpoints(ckpt_dir, keep_last: int | None):
         return
     for _, path in step_checkpoints(ckpt_dir)[:-keep_last]:
         path.unlink(missing_ok=True)
+
+
+def restore_policy(ckpt: dict, device="cpu"):
+    """The checkpoint's policy and processors, rebuilt from its own config and stats -> (policy, pre, post).
+
+    Every weight comes from the checkpoint, so nothing is downloaded: only the VLM's config/tokenizer at
+    policy.vlm_model_name must be reachable, as when training.
+    """
+    from insertion_vla.policy import build_policy  # lerobot is heavy; only callers that rebuild a policy pay for it
+
+    cfg = ckpt["config"]
+    policy_cfg = {**cfg["policy"], "pretrained_model_id": None, "load_vlm_weights": False}
+    policy, preprocessor, postprocessor = build_policy(
+        policy_cfg, state_dim=ckpt["state_dim"], action_dim=ckpt["action_dim"], camera_keys=ckpt["camera_keys"],
+        stats=ckpt["stats"], normalization_mode=cfg["normalization"]["mode"], device=device,
+    )
+    policy.load_state_dict(ckpt["model"])
+    policy.eval()
+    return policy, preprocessor, postprocessor

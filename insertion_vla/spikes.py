@@ -44,6 +44,7 @@ class SpikeLog:
         if self.txt.is_file():  # its lines carry the step after "at step"
             lines = self.txt.read_text().splitlines(keepends=True)
             self.txt.write_text("".join(ln for ln in lines if _txt_step(ln) <= resume_step))
+        self.txt.touch()  # present even when nothing spiked: an empty file is the good news
         if not self.csv.exists():
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerow(CSV_HEADER)
