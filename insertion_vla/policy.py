@@ -125,12 +125,16 @@ def make_smolvla_config(
     missing = [k for k in POLICY_CONFIG_KEYS if k not in policy_cfg]
     unknown = [k for k in policy_cfg if k not in POLICY_CONFIG_KEYS]
     if missing or unknown:
-        raise UserError(f"policy section: missing keys {missing}, unknown keys {unknown}; expected {list(POLICY_CONFIG_KEYS)}")
+        raise UserError(
+            f"policy section: missing keys {missing}, unknown keys {unknown}; expected {list(POLICY_CONFIG_KEYS)}"
+        )
     height, width = policy_cfg["resize_imgs_with_padding"]
     if height != width:
         # SmolVLM's connector (pixel shuffle) folds the patch grid as a square; lerobot also reads the pair
         # as (width, height). Only square images work.
-        raise UserError(f"policy.resize_imgs_with_padding={[height, width]}: SmolVLA needs square images, e.g. [{height}, {height}]")
+        raise UserError(
+            f"policy.resize_imgs_with_padding={[height, width]}: SmolVLA needs square images, e.g. [{height}, {height}]"
+        )
     bad_keys = [k for k in camera_keys if not k.startswith(f"{OBS_IMAGES}.")]
     if not camera_keys or bad_keys:
         raise UserError(f"camera keys must look like '{OBS_IMAGES}.camera1'; got {camera_keys}")
@@ -181,7 +185,9 @@ def to_lerobot_stats(stats: dict, *, state_dim: int, action_dim: int, mode: Norm
     for key, dim in ((OBS_STATE, state_dim), (ACTION, action_dim)):
         if key not in stats:
             raise UserError(f"the stats have no {key!r} entry (found {sorted(stats)}); recompute them")
-        entry = {name: np.asarray(value, dtype=np.float32) for name, value in stats[key].items() if name in NORMALIZER_STATS}
+        entry = {
+            name: np.asarray(value, dtype=np.float32) for name, value in stats[key].items() if name in NORMALIZER_STATS
+        }
         missing = [name for name in STATS_NEEDED[mode] if name not in entry]
         if missing:
             raise UserError(f"normalization mode {mode.name} needs stats {missing} for {key!r}; recompute the stats")
@@ -298,7 +304,10 @@ def compute_losses(
     model = policy.model
     actions = policy.prepare_action(batch)  # (B, chunk, max_action_dim), zero-padded dims
     if actions.shape[1] != policy.config.chunk_size:
-        raise UserError(f"the batch has {actions.shape[1]} action steps but policy.chunk_size={policy.config.chunk_size}; set dataset.horizon to it")
+        raise UserError(
+            f"the batch has {actions.shape[1]} action steps but policy.chunk_size={policy.config.chunk_size}; "
+            "set dataset.horizon to policy.chunk_size"
+        )
     check_batch_images(policy, batch)
     images, img_masks = policy.prepare_images(batch)
     state = policy.prepare_state(batch)
@@ -312,9 +321,8 @@ def compute_losses(
     captured = {}
     hook = model.action_out_proj.register_forward_hook(lambda module, args, output: captured.update(v_t=output))
     try:
-        errors = model.forward(
-            images, img_masks, batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK], state, actions, noise, time
-        )
+        lang_tokens, lang_masks = batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK]
+        errors = model.forward(images, img_masks, lang_tokens, lang_masks, state, actions, noise, time)
     finally:
         hook.remove()
 
@@ -322,7 +330,8 @@ def compute_losses(
     in_episode = ~batch[ACTION_IS_PAD].to(torch.bool)  # (B, chunk)
     action_loss = masked_mean(errors[..., :action_dim].float(), in_episode)
 
-    predicted = (noise - captured["v_t"].float())[..., :action_dim]  # x_t = t*noise + (1-t)*actions, v ~ noise - actions
+    # x_t = t*noise + (1-t)*actions and v_t estimates noise - actions, so the clean actions are noise - v_t.
+    predicted = (noise - captured["v_t"].float())[..., :action_dim]
     target = actions[..., :action_dim].float()
     step_error = (predicted[:, 1:] - predicted[:, :-1]) - (target[:, 1:] - target[:, :-1])
     temporal_loss = masked_mean(step_error.square(), in_episode[:, 1:] & in_episode[:, :-1])

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from fixtures_policy import CAMERA_KEYS, IMAGE_SIDE, make_policy_cfg, make_raw_batch, make_stats, tiny_vlm_dir  # noqa: F401
+from fixtures_policy import CAMERA_KEYS, make_policy_cfg, make_raw_batch, make_stats, tiny_vlm_dir  # noqa: F401
 
 from insertion_vla.errors import UserError
 from insertion_vla.policy import (
@@ -118,7 +118,9 @@ def test_temporal_term_has_a_gradient_on_trainable_parameters(tiny_vlm_dir):
     assert all(p.grad is None for p in policy.parameters() if not p.requires_grad)  # frozen VLM stays frozen
 
 
-@pytest.mark.parametrize("vlm_flags", [{}, {"train_expert_only": False}, {"train_expert_only": False, "num_vlm_layers": 2}])
+@pytest.mark.parametrize(
+    "vlm_flags", [{}, {"train_expert_only": False}, {"train_expert_only": False, "num_vlm_layers": 2}]
+)
 def test_every_trainable_parameter_gets_a_gradient(tiny_vlm_dir, vlm_flags):
     """What DistributedDataParallel needs (else it stops at the second step): no trainable parameter left unused,
     also when the VLM trains (lerobot 0.4.4 misses freezing its unreached last layer there)."""
