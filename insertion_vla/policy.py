@@ -65,6 +65,7 @@ def build_policy(
     stats: dict | None,
     normalization_mode: str = "MEAN_STD",
     device: str | torch.device = "cpu",
+    warn_random_vlm: bool = True,
 ) -> tuple[SmolVLAPolicy, object, object]:
     """lerobot's SmolVLAPolicy and its (preprocessor, postprocessor), normalizing with `stats`.
 
@@ -72,6 +73,7 @@ def build_policy(
     camera_keys: lerobot image keys, e.g. ["observation.images.camera1", ...].
     stats: {"observation.state": {"mean": (D,), "std", "min", "max", "q01", "q99", "count"}, "action": {...}};
         None means normalization is disabled (the explicit opt-out): state and action pass through unchanged.
+    warn_random_vlm: False when every weight is loaded from a checkpoint next (no warning about a random VLM).
     The policy is returned in eval mode, as lerobot's from_pretrained returns it: call policy.train() to train
     (SmolVLA's train() keeps a frozen VLM / vision encoder in eval mode).
     """
@@ -80,7 +82,7 @@ def build_policy(
         normalization_mode=normalization_mode if stats is not None else "IDENTITY", device=device,
     )
     pretrained = policy_cfg["pretrained_model_id"]
-    if pretrained is None and not policy_cfg["load_vlm_weights"]:
+    if warn_random_vlm and pretrained is None and not policy_cfg["load_vlm_weights"]:
         logger.warning(
             "\n" + "!" * 100 + "\n"
             "!! The VLM is RANDOM: policy.pretrained_model_id is null and policy.load_vlm_weights is false, so the\n"

@@ -207,6 +207,11 @@ def test_random_vlm_is_warned_about_and_a_pretrained_smolvla_initialises_all_wei
     with caplog.at_level(logging.WARNING, logger="insertion_vla.policy"):
         trained, _, _ = build(tiny_vlm_dir)
     assert "The VLM is RANDOM" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="insertion_vla.policy"):
+        build_policy(make_policy_cfg(tiny_vlm_dir), state_dim=STATE_DIM, action_dim=ACTION_DIM,
+                     camera_keys=CAMERA_KEYS, stats=None, warn_random_vlm=False)  # weights come from a checkpoint
+    assert "RANDOM" not in caplog.text
     with torch.no_grad():
         for parameter in trained.parameters():
             parameter.add_(0.01)  # so the weights differ from any fresh random init
