@@ -52,22 +52,25 @@ def export_pretrained(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     vlm_dir = out_dir / VLM_SUBDIR  # where the files will be once renamed; the saved paths name this
 
-    vlm = policy.model.vlm_with_expert
-    vlm.config.save_pretrained(tmp_dir / VLM_SUBDIR)
-    vlm.processor.save_pretrained(tmp_dir / VLM_SUBDIR)  # tokenizer, image and video processor
+    try:
+        vlm = policy.model.vlm_with_expert
+        vlm.config.save_pretrained(tmp_dir / VLM_SUBDIR)
+        vlm.processor.save_pretrained(tmp_dir / VLM_SUBDIR)  # tokenizer, image and video processor
 
-    device = device or policy.config.device
-    policy.save_pretrained(tmp_dir)  # model.safetensors (+ a config.json replaced below)
-    exported_config = replace(
-        policy.config, vlm_model_name=str(vlm_dir), load_vlm_weights=False, pretrained_path=None, device=device
-    )
-    exported_config.save_pretrained(tmp_dir)
-    preprocessor.save_pretrained(tmp_dir)
-    postprocessor.save_pretrained(tmp_dir)
-    _set_step_config(tmp_dir / PREPROCESSOR_FILE, TOKENIZER_STEP, tokenizer_name=str(vlm_dir))
-    _set_step_config(tmp_dir / PREPROCESSOR_FILE, DEVICE_STEP, device=device)
-
-    _fsync_tree(tmp_dir)
+        device = device or policy.config.device
+        policy.save_pretrained(tmp_dir)  # model.safetensors (+ a config.json replaced below)
+        exported_config = replace(
+            policy.config, vlm_model_name=str(vlm_dir), load_vlm_weights=False, pretrained_path=None, device=device
+        )
+        exported_config.save_pretrained(tmp_dir)
+        preprocessor.save_pretrained(tmp_dir)
+        postprocessor.save_pretrained(tmp_dir)
+        _set_step_config(tmp_dir / PREPROCESSOR_FILE, TOKENIZER_STEP, tokenizer_name=str(vlm_dir))
+        _set_step_config(tmp_dir / PREPROCESSOR_FILE, DEVICE_STEP, device=device)
+        _fsync_tree(tmp_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # never leave a half-written export behind
+        raise
     _replace_dir(tmp_dir, out_dir)
     return out_dir
 
