@@ -110,7 +110,7 @@ def restore_policy(ckpt: dict, device="cpu"):
     policy_cfg = {**cfg["policy"], "pretrained_model_id": None, "load_vlm_weights": False}
     policy, preprocessor, postprocessor = build_policy(
         policy_cfg, state_dim=ckpt["state_dim"], action_dim=ckpt["action_dim"], camera_keys=ckpt["camera_keys"],
-        stats=ckpt["stats"], normalization_mode=cfg["normalization"]["mode"], device=device,
+        stats=ckpt["stats"], normalization_mode=cfg["normalization"]["mode"], device=device, warn_random_vlm=False,
     )
     policy.load_state_dict(ckpt["model"])
     policy.eval()

@@ -77,8 +77,10 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     if ckpt is not None:
         check_compatible(ckpt, ckpt_path, train_set, camera_keys, stats, cfg, info.is_main)
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
+    # resuming: every weight comes from the checkpoint, so neither the Hub nor the pretrained files are needed
+    policy_cfg = {**cfg["policy"], "pretrained_model_id": None, "load_vlm_weights": False} if ckpt else cfg["policy"]
     policy, preprocessor, postprocessor = build_policy(
-        cfg["policy"], state_dim=train_set.state_dim, action_dim=train_set.action_dim, camera_keys=camera_keys,
+        policy_cfg, warn_random_vlm=ckpt is None, state_dim=train_set.state_dim, action_dim=train_set.action_dim, camera_keys=camera_keys,
         stats=stats, normalization_mode=cfg["normalization"]["mode"], device=info.device,
     )
     if ckpt is not None:
@@ -174,7 +176,17 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
         window_steps += 1
 
         step_metrics = dist.mean_over_ranks({f"train/{k}": v for k, v in sums.items()}, info.device)
-        if not finite:
+        if finite:
+            nonfinite_in_a_row = 0
+            is_spike, avg, ratio = spikes.update(step_metrics["train/loss"])
+            if is_spike:  # every rank sees the same averaged loss, so all take part in the gather
+                all_episodes, all_frames = dist.gather_lists(episodes), dist.gather_lists(frames)
+                line = spike_line(step, step_metrics["train/loss"], avg, ratio, all_episodes)
+                monitor.print(line)
+                monitor.log(step, {"spike/loss": step_metrics["train/loss"], "spike/ratio": ratio})
+                if spike_log:
+                    spike_log.write(line, sample_row(step, step_metrics["train/loss"], avg, ratio, all_episodes, all_frames, paths))
+        else:
             nonfinite_in_a_row += 1
             all_episodes, all_frames = dist.gather_lists(episodes), dist.gather_lists(frames)
             line = (f"⚠️  NON-FINITE loss/gradient at step {step}: update skipped ({nonfinite_in_a_row} in a row) | "
@@ -190,16 +202,6 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
                     f"the last batch came from episodes {sorted(set(all_episodes))}, frames {all_frames}. Check those "
                     "files (compute_dataset_stats.py flags NaN/Inf), lower optimizer.lr, or resume from an earlier checkpoint."
                 )
-            continue
-        nonfinite_in_a_row = 0
-        is_spike, avg, ratio = spikes.update(step_metrics["train/loss"])
-        if is_spike:  # every rank sees the same averaged loss, so all take part in the gather
-            all_episodes, all_frames = dist.gather_lists(episodes), dist.gather_lists(frames)
-            line = spike_line(step, step_metrics["train/loss"], avg, ratio, all_episodes)
-            monitor.print(line)
-            monitor.log(step, {"spike/loss": step_metrics["train/loss"], "spike/ratio": ratio})
-            if spike_log:
-                spike_log.write(line, sample_row(step, step_metrics["train/loss"], avg, ratio, all_episodes, all_frames, paths))
         monitor.advance(step)
 
         if step % t_cfg["log_freq"] == 0 or step == end_step:
