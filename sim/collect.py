@@ -1,0 +1,242 @@
+"""Collect scripted-expert demonstrations as HDF5 episodes.
+
+    python -m sim.collect --episodes 352 --out data/Eye_trocar_sim [--seed 0] [--workers 2]
+
+Episode i is written to DIR/episode_{i:06d}.h5 (sorted order = episode order) from the simulation seed
+`episode_seed(seed, i, attempt)`; a failed attempt (no success before the timeout) is discarded, counted, and
+retried with the next attempt number. Re-running into the same DIR skips the episodes already there.
+"""
+
+import argparse
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+from tqdm import tqdm
+
+from sim.env import CONTROL_HZ, NeedleInsertionEnv
+from sim.expert import ScriptedExpert
+from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
+from sim.recorder import EpisodeRecorder
+from sim.scene import CAMERA_NAMES
+from sim.seeding import MAX_ATTEMPTS, episode_seed
+
+
+@dataclass(frozen=True)
+class CollectionSettings:
+    out_dir: Path
+    base_seed: int = 0
+    width: int = 640
+    height: int = 480
+    jpeg_quality: int = 95
+    phantom: PhantomPlacement = PhantomPlacement()
+    dr: DomainRandomization | None = DomainRandomization()
+    max_attempts: int = 10
+    max_episode_seconds: float = 12.0
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    index: int
+    attempts: int  # attempts run, the successful one included
+    saved: bool
+
+
+def episode_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"episode_{index:06d}.h5"
+
+
+def record_episode(
+    env: NeedleInsertionEnv, expert: ScriptedExpert, seed: int, jpeg_quality: int
+) -> tuple[EpisodeRecorder, dict]:
+    """Run the expert for one episode; returns the recorded frames and the last step's info."""
+    observation, info = env.reset(seed=seed)
+    expert.reset(env)
+    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality)
+    while True:
+        action = expert.act(observation)
+        recorder.add(observation, action, timestamp=len(recorder) / CONTROL_HZ)
+        observation, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return recorder, info
+
+
+def episode_attrs(settings: CollectionSettings, env: NeedleInsertionEnv, index: int, attempt: int, info: dict) -> dict:
+    entry, target, axis = env.trocar_target()
+    return {
+        "sim_seed": episode_seed(settings.base_seed, index, attempt),
+        "base_seed": settings.base_seed,
+        "episode_index": index,
+        "attempt": attempt,
+        "success": bool(info["success"]),
+        "fps": CONTROL_HZ,
+        "image_width": settings.width,
+        "image_height": settings.height,
+        "dr_enabled": settings.dr is not None,
+        "final_tip_error_mm": info["tip_error_mm"],
+        "final_axis_error_deg": info["axis_error_deg"],
+        "trocar_entry": entry,
+        "trocar_target": target,
+        "trocar_axis": axis,
+        **env.scene_params,
+    }
+
+
+_worker: tuple[CollectionSettings, NeedleInsertionEnv, ScriptedExpert] | None = None  # one env per process
+
+
+def _worker_env(settings: CollectionSettings) -> tuple[NeedleInsertionEnv, ScriptedExpert]:
+    global _worker
+    if _worker is None or _worker[0] != settings:
+        if _worker is not None:
+            _worker[1].close()
+        env = NeedleInsertionEnv(
+            width=settings.width,
+            height=settings.height,
+            dr=settings.dr,
+            phantom=settings.phantom,
+            max_episode_seconds=settings.max_episode_seconds,
+        )
+        _worker = (settings, env, ScriptedExpert())
+    return _worker[1], _worker[2]
+
+
+def collect_episode(index: int, settings: CollectionSettings) -> EpisodeOutcome:
+    """Record episode `index`, retrying failed attempts; writes the file only for a success."""
+    env, expert = _worker_env(settings)
+    for attempt in range(settings.max_attempts):
+        recorder, info = record_episode(
+            env, expert, episode_seed(settings.base_seed, index, attempt), settings.jpeg_quality
+        )
+        if info["success"]:
+            recorder.write(episode_path(settings.out_dir, index), episode_attrs(settings, env, index, attempt, info))
+            return EpisodeOutcome(index, attempt + 1, saved=True)
+    return EpisodeOutcome(index, settings.max_attempts, saved=False)
+
+
+def _collect_in_worker(task: tuple[int, CollectionSettings]) -> EpisodeOutcome:
+    return collect_episode(*task)
+
+
+def check_existing(path: Path, settings: CollectionSettings) -> None:
+    """An episode already in DIR must come from the same seed and image size, or the dataset would mix them."""
+    with h5py.File(path, "r") as f:
+        found = {key: f.attrs.get(key) for key in ("base_seed", "image_width", "image_height")}
+    expected = {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height}
+    if any(found[key] is None or int(found[key]) != value for key, value in expected.items()):
+        raise SystemExit(
+            f"error: {path} was collected with {found}, but this run asks for {expected}. "
+            "Use another --out directory, or the same --seed/--width/--height to extend this one."
+        )
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporary files left by killed collectors (their process is gone)."""
+    for temporary in out_dir.glob("episode_*.h5.tmp-*"):
+        pid = temporary.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temporary.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's process
+
+
+def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> list[EpisodeOutcome]:
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(settings.out_dir)
+    existing = [i for i in range(episodes) if episode_path(settings.out_dir, i).exists()]
+    for index in existing:
+        check_existing(episode_path(settings.out_dir, index), settings)
+    todo = [i for i in range(episodes) if i not in set(existing)]
+
+    outcomes = []
+    progress = tqdm(total=episodes, initial=len(existing), desc="episodes", unit="ep", dynamic_ncols=True)
+    if workers <= 1 or len(todo) <= 1:
+        results = (collect_episode(index, settings) for index in todo)
+        pool = None
+    else:
+        # llvmpipe renders with one thread per core by default; with one process per core, one each is faster.
+        os.environ.setdefault("LP_NUM_THREADS", "1")
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)))
+        results = pool.imap_unordered(_collect_in_worker, [(index, settings) for index in todo])
+    try:
+        for outcome in results:
+            outcomes.append(outcome)
+            progress.update(1)
+            progress.set_postfix(failed_attempts=sum(o.attempts - o.saved for o in outcomes))
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.terminate()
+    return outcomes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Collect scripted-expert needle-insertion episodes (HDF5, one file per episode).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--episodes", type=int, required=True, help="number of successful episodes wanted in --out")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (created; re-runs skip existing)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; episode i uses episode_seed(seed, i, attempt)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument("--width", type=int, default=640, help="image width, pixels")
+    parser.add_argument("--height", type=int, default=480, help="image height, pixels")
+    parser.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of the stored frames (1-100)")
+    parser.add_argument("--max_attempts", type=int, default=10, help="attempts per episode before giving up on it")
+    parser.add_argument(
+        "--max_episode_seconds", type=float, default=12.0, help="simulated seconds before an attempt times out"
+    )
+    add_randomization_args(parser)
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not 1 <= args.max_attempts <= MAX_ATTEMPTS:
+        parser.error(f"--max_attempts must be in [1, {MAX_ATTEMPTS}], got {args.max_attempts}")
+    if not 1 <= args.jpeg_quality <= 100:
+        parser.error(f"--jpeg_quality must be in [1, 100], got {args.jpeg_quality}")
+    if args.width < 1 or args.height < 1:
+        parser.error(f"--width and --height must be positive, got {args.width}x{args.height}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    phantom, dr = randomization_from_args(args)
+    settings = CollectionSettings(
+        out_dir=args.out,
+        base_seed=args.seed,
+        width=args.width,
+        height=args.height,
+        jpeg_quality=args.jpeg_quality,
+        phantom=phantom,
+        dr=dr,
+        max_attempts=args.max_attempts,
+        max_episode_seconds=args.max_episode_seconds,
+    )
+    outcomes = collect(settings, args.episodes, args.workers)
+    saved = sum(o.saved for o in outcomes)
+    attempts = sum(o.attempts for o in outcomes)
+    failed = attempts - saved
+    rate = f"{100.0 * saved / attempts:.1f} %" if attempts else "n/a"
+    print(
+        f"{saved} new episodes saved to {args.out} ({args.episodes - len(outcomes)} already there); "
+        f"failed attempts discarded: {failed} of {attempts} (expert success rate {rate})"
+    )
+    given_up = sorted(o.index for o in outcomes if not o.saved)
+    if given_up:
+        print(f"error: episodes {given_up} failed all {args.max_attempts} attempts", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
