@@ -55,7 +55,8 @@ def link_or_copy(src: Path, dst: Path):
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}. Give an existing checkpoint_*.pt or --resume auto.")
+        raise UserError(f"checkpoint not found: {path}. Checkpoints are OUTPUT_DIR/checkpoints/checkpoint_*.pt "
+                        "(training also takes --resume auto: the newest there).")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, wrong format, pickled code: all unusable the same way

@@ -24,6 +24,7 @@ robot computer) either rewrite them once with repoint_export(NEW_DIR), or load w
         preprocessor_overrides={"tokenizer_processor": {"tokenizer_name": str(d / "vlm")}})
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -31,6 +32,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+from insertion_vla.checkpoint import load_checkpoint, restore_policy
+from insertion_vla.errors import exit_on_user_error
+from insertion_vla.fileio import atomic_write_text
 
 VLM_SUBDIR = "vlm"
 PREPROCESSOR_FILE = "policy_preprocessor.json"
@@ -98,12 +103,7 @@ def _set_step_config(pipeline_path: Path, registry_name: str, **values) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp_path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _fsync_tree(root: Path) -> None:
@@ -126,3 +126,23 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m insertion_vla.export",
+        description="Export a training checkpoint as a self-contained lerobot policy folder (like final_hf/).",
+    )
+    parser.add_argument("checkpoint", help="a checkpoint_*.pt written by train_smolvla_sim.py")
+    parser.add_argument("out_dir", help="folder to write (replaced atomically if it exists)")
+    parser.add_argument("--device", default="cpu",
+                        help="device named in the exported config and preprocessor (default: %(default)s, loads anywhere)")
+    args = parser.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    policy, preprocessor, postprocessor = restore_policy(ckpt)
+    out = export_pretrained(policy, preprocessor, postprocessor, args.out_dir, device=args.device)
+    print(f"Exported step {ckpt['step']} of {args.checkpoint} to {out}")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -2,11 +2,15 @@
 
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 import yaml
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
-from train_runs import assert_same_weights, load, make_run_dir, train
+from safetensors.torch import load_file
+from train_runs import ROOT, assert_same_weights, env, load, make_run_dir, train
 
 from insertion_vla.optim import lr_at
 
@@ -106,3 +110,20 @@ def test_incompatible_missing_and_corrupt_checkpoints_are_clear_errors(finished_
     broken.write_bytes(ckpt.read_bytes()[:4096])
     res = train(config, "--resume", broken, "--output_dir", tmp_path / "y", check=False)
     assert res.returncode == 1 and "cannot be loaded" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_export_cli_writes_the_checkpoints_weights(finished_run, tmp_path):
+    _, out, _ = finished_run
+    ckpt_path = out / "checkpoints" / "checkpoint_step_4.pt"
+    res = subprocess.run([sys.executable, "-m", "insertion_vla.export", ckpt_path, tmp_path / "exported"],
+                         capture_output=True, text=True, cwd=ROOT, env=env())
+    assert res.returncode == 0, res.stderr
+    assert "Exported step 4" in res.stdout
+    exported = load_file(tmp_path / "exported" / "model.safetensors")
+    trained = load(ckpt_path)["model"]
+    trainable_key = next(k for k in exported if "action_out_proj.weight" in k)
+    assert torch.equal(exported[trainable_key], trained[trainable_key])
+    res = subprocess.run([sys.executable, "-m", "insertion_vla.export", tmp_path / "none.pt", tmp_path / "x"],
+                         capture_output=True, text=True, cwd=ROOT, env=env())
+    assert res.returncode == 1 and "checkpoint not found" in res.stderr and not (tmp_path / "x").exists()
+
