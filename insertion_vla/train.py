@@ -99,6 +99,8 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     else:
         schedule_start = step  # fresh run, or --reset_scheduler: warmup and decay start here, fresh AdamW state
     end_step = schedule_start + t_cfg["steps"]
+    # The data order, the loss history and the best validation loss continue only on the same training files;
+    # other data (fine-tuning on real episodes, files added) starts them afresh.
     same_data = ckpt is not None and ckpt["train_files"] == [str(paths[i]) for i in train_idx]
     epoch, batch_in_epoch = (ckpt["epoch"], ckpt["batch_in_epoch"]) if same_data else (0, 0)
 
@@ -116,8 +118,8 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
                   + (f", resumed from {ckpt_path}" if ckpt else "") + (" (scheduler reset)" if reset_scheduler else ""))
     spike_log = SpikeLog(out_dir, step) if info.is_main else None
     spikes = LossSpikeDetector(t_cfg["loss_spike_threshold"], t_cfg["loss_spike_window"],
-                               ckpt.get("loss_history", []) if ckpt else [])
-    best_val = ckpt.get("best_val_loss", float("inf")) if ckpt else float("inf")
+                               ckpt["loss_history"] if same_data else [])
+    best_val = ckpt["best_val_loss"] if same_data else float("inf")
     autocast = make_autocast(info.device, t_cfg["use_bfloat16"])
     batches = micro_batches(train_set, info, t_cfg, cfg["seed"], epoch, batch_in_epoch)
     stop_requested = install_stop_handlers()

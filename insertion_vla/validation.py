@@ -24,12 +24,12 @@ def split_episodes(paths: list[Path], num_val: int, seed: int, stored_val_paths=
     """-> (train indices, validation indices) into `paths`.
 
     With `stored_val_paths` (from a checkpoint) the same files stay held out; files that are gone are
-    dropped from validation, new files go to training.
+    dropped from validation, new files go to training. When none of them is here (fine-tuning on other
+    data), a new split is drawn.
     """
-    if stored_val_paths is not None:
-        stored = set(stored_val_paths)
-        val = [i for i, p in enumerate(paths) if str(p) in stored]
-    else:
+    stored = set(stored_val_paths or ())
+    val = [i for i, p in enumerate(paths) if str(p) in stored]
+    if not val:
         if num_val >= len(paths):
             raise UserError(
                 f"validation.num_episodes={num_val} but the dataset has only {len(paths)} episodes: at least one "

@@ -127,3 +127,22 @@ def test_export_cli_writes_the_checkpoints_weights(finished_run, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, env=env())
     assert res.returncode == 1 and "checkpoint not found" in res.stderr and not (tmp_path / "x").exists()
 
+
+
+def test_fine_tune_on_other_data_uses_its_stats_and_its_own_split(finished_run, tmp_path):
+    from episode_files import write_dataset
+
+    config, out, _ = finished_run
+    write_dataset(tmp_path / "real", n=4, length=12)
+    subprocess.run([sys.executable, ROOT / "compute_dataset_stats.py", "--dataset_root", tmp_path / "real",
+                    "--output", tmp_path / "real_stats.yaml"], check=True, capture_output=True)
+    res = train(config, "--resume", out / "checkpoints" / "checkpoint_step_4.pt", "--reset_scheduler",
+                "--steps", 2, "--lr", "0.00001", "--output_dir", tmp_path / "ft",
+                f"--dataset.root_dir={tmp_path / 'real'}", f"--normalization.stats_file={tmp_path / 'real_stats.yaml'}",
+                "--validation.val_freq=2", "--training.save_freq=2")
+    assert "real_stats.yaml, which differs from the statistics" in res.stdout
+    ckpt = load(tmp_path / "ft" / "checkpoints" / "checkpoint_step_6.pt")
+    assert ckpt["step"] == 6 and len(ckpt["validation_files"]) == 1
+    assert ckpt["validation_files"][0].startswith(str(tmp_path / "real"))
+    assert ckpt["stats"]["action"]["mean"] != load(out / "checkpoints" / "checkpoint_step_4.pt")["stats"]["action"]["mean"]
+    assert (tmp_path / "ft" / "checkpoints" / "checkpoint_best.pt").is_file()  # best of this data, not of the old
