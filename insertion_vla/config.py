@@ -71,23 +71,23 @@ SCHEMA = {
         "vlm_model_name": _field("HuggingFaceTB/SmolVLM2-500M-Video-Instruct", help="Hub id or local dir"),
         "pretrained_model_id": _field(None, str, NoneType, help="trained SmolVLA to start from (dir or Hub id)"),
         "load_vlm_weights": _field(False, help="load the VLM's pretrained weights (else random unless pretrained)"),
-        "n_obs_steps": _field(1),
-        "chunk_size": _field(50),
-        "n_action_steps": _field(50),
-        "max_state_dim": _field(32),
-        "max_action_dim": _field(32),
+        "n_obs_steps": _field(1, help="observation frames per sample (SmolVLA uses 1)"),
+        "chunk_size": _field(50, help="actions predicted at once; equals dataset.horizon"),
+        "n_action_steps": _field(50, help="actions of a chunk executed before predicting again"),
+        "max_state_dim": _field(32, help="state zero-padded to this size inside SmolVLA"),
+        "max_action_dim": _field(32, help="action zero-padded to this size inside SmolVLA"),
         "num_steps": _field(10, help="flow-matching denoising steps at inference"),
         "resize_imgs_with_padding": _field([512, 512], list, help="image size the policy sees"),
-        "tokenizer_max_length": _field(48),
-        "freeze_vision_encoder": _field(True),
-        "train_expert_only": _field(True),
-        "train_state_proj": _field(True),
-        "num_vlm_layers": _field(16),
+        "tokenizer_max_length": _field(48, help="language tokens of the instruction"),
+        "freeze_vision_encoder": _field(True, help="keep the VLM's vision encoder frozen"),
+        "train_expert_only": _field(True, help="train the action expert only; the VLM stays frozen"),
+        "train_state_proj": _field(True, help="train the state projection"),
+        "num_vlm_layers": _field(16, help="VLM layers kept (the first N)"),
     },
     "training": {
         "steps": _field(30000, help="steps of the current schedule"),
         "batch_size": _field(16, help="per GPU / process"),
-        "gradient_accumulation_steps": _field(1),
+        "gradient_accumulation_steps": _field(1, help="micro-batches per optimizer step"),
         "num_workers": _field(4, help="DataLoader workers per process"),
         "log_freq": _field(100, help="console / W&B line every N steps"),
         "save_freq": _field(2000, help="checkpoint every N steps"),
@@ -100,11 +100,11 @@ SCHEMA = {
         "device": _field("auto", help="auto, cuda or cpu"),
     },
     "validation": {
-        "enable": _field(True),
+        "enable": _field(True, help="hold out episodes and validate on them"),
         "num_episodes": _field(20, help="episodes held out by a seeded choice"),
-        "val_freq": _field(2000),
+        "val_freq": _field(2000, help="validate every N steps and at the end"),
         "max_samples": _field(None, int, NoneType, help="cap on validation frames; null: all"),
-        "batch_size": _field(16),
+        "batch_size": _field(16, help="validation batch per process"),
         "plot_episodes": _field(3, help="held-out episodes drawn in the trajectory plot"),
     },
     "evaluation": {
@@ -114,23 +114,23 @@ SCHEMA = {
     },
     "optimizer": {
         "lr": _field(1e-4, *NUMBER, help="peak learning rate"),
-        "betas": _field([0.9, 0.95], list),
-        "eps": _field(1e-8, *NUMBER),
-        "weight_decay": _field(1e-10, *NUMBER),
-        "grad_clip_norm": _field(10.0, *NUMBER),
+        "betas": _field([0.9, 0.95], list, help="AdamW betas"),
+        "eps": _field(1e-8, *NUMBER, help="AdamW epsilon"),
+        "weight_decay": _field(1e-10, *NUMBER, help="AdamW weight decay"),
+        "grad_clip_norm": _field(10.0, *NUMBER, help="clip the gradient norm to this"),
     },
     "scheduler": {
-        "num_warmup_steps": _field(1000),
-        "num_decay_steps": _field(30000),
+        "num_warmup_steps": _field(1000, help="linear warmup to optimizer.lr"),
+        "num_decay_steps": _field(30000, help="cosine decay to decay_lr, counted from the schedule start"),
         "decay_lr": _field(2.5e-6, *NUMBER, help="LR at the end of the cosine decay"),
     },
     "wandb": {
         "enable": _field(True, help="also works with WANDB_MODE=offline"),
-        "project": _field("smolvla-meca500-insertion-sim"),
-        "entity": _field(None, str, NoneType),
-        "name": _field(None, str, NoneType),
-        "tags": _field([], list),
-        "notes": _field(None, str, NoneType),
+        "project": _field("smolvla-meca500-insertion-sim", help="W&B project"),
+        "entity": _field(None, str, NoneType, help="W&B team or user; null: your default"),
+        "name": _field(None, str, NoneType, help="run name; null: W&B picks one"),
+        "tags": _field([], list, help="run tags"),
+        "notes": _field(None, str, NoneType, help="run notes"),
     },
 }
 
@@ -266,3 +266,19 @@ def validate(cfg: dict):
 
 def save_config(cfg: dict, path):
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+def markdown_reference(schema=SCHEMA, prefix="") -> str:
+    """Every key with its default and meaning, as the README's config table (`python -m insertion_vla.config`)."""
+    rows = [] if prefix else ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, field in schema.items():
+        if isinstance(field, dict):
+            rows.append(markdown_reference(field, prefix + key + "."))
+        else:
+            default = yaml.safe_dump(field.default, default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append(f"| `{prefix}{key}` | `{default}` | {field.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())
