@@ -72,3 +72,12 @@ def test_defaults_are_copies():
     a = defaults()
     a["dataset"]["cameras"]["x"] = "y"
     assert "x" not in defaults()["dataset"]["cameras"]
+
+
+def test_readme_config_table_matches_the_schema():
+    from pathlib import Path
+
+    from insertion_vla.config import markdown_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_reference() in readme, "README's config table is stale: paste `python -m insertion_vla.config`"
