@@ -75,7 +75,7 @@ def episode_attrs(settings: CollectionSettings, env: NeedleInsertionEnv, index: 
         "fps": CONTROL_HZ,
         "image_width": settings.width,
         "image_height": settings.height,
-        "dr_enabled": settings.dr is not None,
+        "dr_enabled": int(settings.dr is not None),
         "final_tip_error_mm": info["tip_error_mm"],
         "final_axis_error_deg": info["axis_error_deg"],
         "trocar_entry": entry,

@@ -22,7 +22,8 @@ FORMAT_VERSION = 1
 TASK_INSTRUCTION = "Insert needle into eye trocar in simulation"
 EE_POSE_CONVENTION = (
     "needle-tip pose in the robot base frame: x, y, z in m, then rx, ry, rz in rad, "
-    "mobile XYZ Euler angles R = Rx(rx) Ry(ry) Rz(rz) of the tip frame (z along the needle)"
+    "mobile XYZ Euler angles R = Rx(rx) Ry(ry) Rz(rz) of the tip frame (z along the needle towards the tip, "
+    "x and y the flange's turned 180 deg about z)"
 )
 
 

@@ -105,7 +105,9 @@ def _robot_xml() -> str:
         ' material="trocar"/>'
         f'<geom type="cylinder" fromto="0 0 {HOLDER_LENGTH} 0 0 {TOOL_LENGTH}" size="0.0006" material="needle"/>'
         f'<site name="{BACK_SITE}" pos="0 0 {HOLDER_LENGTH}" size="0.001"/>'
-        f'<site name="{TIP_SITE}" pos="0 0 {TOOL_LENGTH}" size="0.001"/>'
+        # Tip frame: z along the needle; x, y turned 180 deg from the flange's so that the ee_pose Euler angle rz
+        # stays near 0 (far from the +/-180 deg wrap) over the whole workspace.
+        f'<site name="{TIP_SITE}" pos="0 0 {TOOL_LENGTH}" quat="0 0 0 1" size="0.001"/>'
         f'<geom type="box" pos="{_fmt(TOOL_CAMERA_POSITION)}" size="0.008 0.006 0.006" material="robot_dark"/>'
         f'<camera name="tool_camera" pos="{_fmt(TOOL_CAMERA_POSITION)}" fovy="70" xyaxes="'
         f'{_fmt(look_at_xyaxes(TOOL_CAMERA_POSITION, TOOL_CAMERA_TARGET, (1.0, 0.0, 0.0)))}"/>'
@@ -117,7 +119,8 @@ def _robot_xml() -> str:
         xml = (
             f'<body name="link{i + 1}" pos="{_fmt(joint_origin(link))}" quat="{_fmt(joint_frame_quat(link))}"'
             ' gravcomp="1">'
-            f'<joint name="{JOINT_NAMES[i]}" axis="0 0 1" range="{lo} {hi}" armature="{ARMATURE[i]}"'
+            f'<joint name="{JOINT_NAMES[i]}" axis="0 0 1" range="{np.deg2rad(lo):.6f} {np.deg2rad(hi):.6f}"'
+            f' armature="{ARMATURE[i]}"'
             f' damping="{JOINT_DAMPING[i]}"/>'
             f"{link_geoms[i]}{xml}</body>"
         )

@@ -1,0 +1,175 @@
+"""`python -m sim.collect` and `python -m sim.replay` end to end, at 64x48: the file format, re-runs,
+reproducibility from the seed, no partial file after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from sim.randomization import DomainRandomization, PhantomPlacement
+from sim.recorder import TASK_INSTRUCTION, EpisodeRecorder, decode_jpeg
+from sim.scene import CAMERA_NAMES
+from sim.seeding import episode_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--width", "64", "--height", "48"]
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def collect(out: Path, episodes: int, seed: int = 7, *extra: str) -> subprocess.CompletedProcess:
+    return run_module("sim.collect", "--episodes", str(episodes), "--out", str(out), "--seed", str(seed), *SMALL, *extra)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "data"
+    result = collect(out, 2, 7, "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2 new episodes saved" in result.stdout
+    return out
+
+
+def test_files_follow_the_episode_format(collected):
+    files = sorted(p.name for p in collected.iterdir())
+    assert files == ["episode_000000.h5", "episode_000001.h5"]
+    dr, phantom = DomainRandomization(), PhantomPlacement()
+    for index, name in enumerate(files):
+        with h5py.File(collected / name, "r") as f:
+            length = len(f["action"])
+            assert length >= 60
+            for camera in CAMERA_NAMES:
+                frames = f[f"observations/images/{camera}"]
+                assert frames.shape == (length,) and h5py.check_vlen_dtype(frames.dtype) == np.uint8
+                for t in (0, length - 1):
+                    image = decode_jpeg(frames[t])
+                    assert image.shape == (48, 64, 3) and image.std() > 5
+            for key in ("observations/qpos", "observations/ee_pose", "action"):
+                assert f[key].dtype == np.float32 and f[key].shape == (length, 6)
+                assert np.all(np.isfinite(f[key][()]))
+            np.testing.assert_allclose(f["timestamp"][()], np.arange(length) / 15.0, atol=1e-5)
+            assert f["timestamp"].dtype == np.float32
+
+            attrs = dict(f.attrs)
+            assert attrs["task"] == TASK_INSTRUCTION
+            assert attrs["format_version"] == 1 and bool(attrs["success"]) is True
+            assert attrs["sim_seed"] == episode_seed(7, index, int(attrs["attempt"]))
+            assert attrs["image_width"] == 64 and attrs["image_height"] == 48
+            assert abs(attrs["phantom_dx"]) <= phantom.x_range
+            assert abs(attrs["dr_key_light_dx"]) <= dr.light_position
+            assert attrs["dr_image_noise_std"] == dr.image_noise_std
+            for key, value in attrs.items():
+                if key.startswith(("dr_", "phantom_")):
+                    assert np.isscalar(value) and np.issubdtype(np.asarray(value).dtype, np.number), key
+
+            # Frame t+1 measures where the command of frame t sent the arm (up to the qpos noise).
+            qpos, action = f["observations/qpos"][()], f["action"][()]
+            assert np.abs(qpos[1:] - action[:-1]).max() < 6 * dr.qpos_noise_std
+            # The episode ends with the tip at the target.
+            tip = f["observations/ee_pose"][-1, :3]
+            assert np.linalg.norm(tip - attrs["trocar_target"]) < 1e-3
+
+
+def test_rerun_skips_episodes_already_written(collected):
+    before = {p: p.stat().st_mtime_ns for p in collected.iterdir()}
+    result = collect(collected, episodes=2)
+    assert result.returncode == 0, result.stderr
+    assert "0 new episodes saved" in result.stdout and "2 already there" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in collected.iterdir()} == before
+
+
+def test_same_seed_gives_the_same_arrays_whatever_the_worker_count(collected, tmp_path):
+    result = collect(tmp_path, 1, 7, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(collected / "episode_000000.h5") as a, h5py.File(tmp_path / "episode_000000.h5") as b:
+        for key in ("observations/qpos", "observations/ee_pose", "action", "timestamp"):
+            np.testing.assert_array_equal(a[key][()], b[key][()])
+        for camera in CAMERA_NAMES:
+            key = f"observations/images/{camera}"
+            assert all(np.array_equal(x, y) for x, y in zip(a[key][()], b[key][()]))
+        assert dict(a.attrs).keys() == dict(b.attrs).keys()
+        assert a.attrs["sim_seed"] == b.attrs["sim_seed"] and a.attrs["phantom_dx"] == b.attrs["phantom_dx"]
+
+
+def test_another_seed_into_the_same_directory_is_refused(collected):
+    result = collect(collected, 2, 8)
+    assert result.returncode != 0
+    assert "episode_000000.h5" in result.stderr and "--seed" in result.stderr
+
+
+def test_help_names_every_range_flag():
+    result = run_module("sim.collect", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--episodes", "--out", "--seed", "--workers", "--width", "--height", "--jpeg_quality", "--no_dr",
+        "--backgrounds", "--light_position", "--camera_position", "--camera_rotation", "--color",
+        "--image_noise_std", "--qpos_noise_std", "--damping", "--x_range", "--y_min", "--y_max", "--yaw_range_deg",
+    ):
+        assert flag in result.stdout, flag
+
+
+def test_no_partial_file_after_sigkill_and_the_rerun_completes(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sim.collect", "--episodes", "2", "--out", str(tmp_path), "--seed", "3", *SMALL],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    first = tmp_path / "episode_000000.h5"
+    deadline = time.monotonic() + 240
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), "the collector wrote no episode"
+    time.sleep(1.0)  # into the second episode
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    for path in tmp_path.glob("*.h5"):
+        with h5py.File(path, "r") as f:  # opens: not truncated
+            length = len(f["action"])
+            assert bool(f.attrs["success"])
+            for key in ("observations/qpos", "observations/ee_pose", "timestamp", *(
+                f"observations/images/{c}" for c in CAMERA_NAMES
+            )):
+                assert len(f[key]) == length
+    first_mtime = first.stat().st_mtime_ns
+
+    result = collect(tmp_path, 2, 3)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_000000.h5", "episode_000001.h5"]
+    assert first.stat().st_mtime_ns == first_mtime
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=90)
+    image = np.zeros((8, 8, 3), np.uint8)
+    recorder.add({"images": {c: image for c in CAMERA_NAMES}, "qpos": np.zeros(6), "ee_pose": np.zeros(6)}, np.zeros(6), 0.0)
+    with pytest.raises(TypeError):
+        recorder.write(tmp_path / "episode_000000.h5", {"not_storable": object()})  # fails after the datasets
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replay_writes_a_png_and_an_mp4(collected, tmp_path):
+    episode = collected / "episode_000000.h5"
+    with h5py.File(episode) as f:
+        length = len(f["action"])
+    result = run_module("sim.replay", str(episode), "--out", str(tmp_path / "episode.png"))
+    assert result.returncode == 0, result.stderr
+    png = cv2.imread(str(tmp_path / "episode.png"))
+    assert png is not None and png.shape[0] > 500 and png.std() > 10
+    result = run_module("sim.replay", str(episode), "--out", str(tmp_path / "episode.mp4"))
+    assert result.returncode == 0, result.stderr
+    with imageio.get_reader(tmp_path / "episode.mp4") as reader:
+        frames = [frame for frame in reader]
+    assert len(frames) == length and frames[0].shape[1] >= 3 * 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode.mp4", "episode.png"]

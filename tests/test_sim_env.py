@@ -1,0 +1,162 @@
+"""The gymnasium environment: API, determinism for a seed, domain randomization ranges, servo tracking."""
+
+import numpy as np
+import pytest
+
+from sim.env import NeedleInsertionEnv
+from sim.kinematics import JOINT_LIMITS
+from sim.randomization import DomainRandomization, PhantomPlacement
+from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS
+
+WIDTH, HEIGHT = 64, 48
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = NeedleInsertionEnv(width=WIDTH, height=HEIGHT)
+    yield env
+    env.close()
+
+
+def run(env, seed, steps=4):
+    """Reset with `seed` and apply a fixed joint motion; returns the observations."""
+    observations = [env.reset(seed=seed)[0]]
+    command = np.deg2rad(np.array(HOME_QPOS_DEG))
+    for k in range(steps):
+        command = command + np.deg2rad([1.0, -0.5, 0.5, 1.0, -1.0, 2.0])
+        observations.append(env.step(command.astype(np.float32))[0])
+    return observations
+
+
+def assert_same(a, b):
+    for camera in CAMERA_NAMES:
+        np.testing.assert_array_equal(a["images"][camera], b["images"][camera])
+    np.testing.assert_array_equal(a["qpos"], b["qpos"])
+    np.testing.assert_array_equal(a["ee_pose"], b["ee_pose"])
+
+
+def test_reset_and_step_follow_the_gymnasium_api(env):
+    observation, info = env.reset(seed=3)
+    assert set(observation) == {"images", "qpos", "ee_pose"}
+    assert set(observation["images"]) == set(CAMERA_NAMES)
+    for image in observation["images"].values():
+        assert image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.uint8
+        assert image.std() > 5  # a rendered scene, not a blank frame
+    assert observation["qpos"].shape == (6,) and observation["qpos"].dtype == np.float32
+    assert observation["ee_pose"].shape == (6,) and observation["ee_pose"].dtype == np.float32
+    assert env.observation_space.contains(observation)
+    assert info["seed"] == 3 and info["success"] is False and info["tip_error_mm"] > 10
+
+    observation, reward, terminated, truncated, info = env.step(env.commanded_qpos().astype(np.float32))
+    assert env.observation_space.contains(observation)
+    assert isinstance(reward, float) and terminated is False and truncated is False
+    for key in ("success", "in_tolerance", "tip_error_mm", "axis_error_deg", "tracking_error_mm", "time_s"):
+        assert key in info
+    assert info["time_s"] == pytest.approx(1 / 15)
+    # Cameras see different things.
+    images = observation["images"]
+    assert not np.array_equal(images["side_camera"], images["top_camera"])
+
+
+@pytest.mark.parametrize("bad", [np.zeros(5), np.zeros((2, 6)), np.array([0, 0, np.nan, 0, 0, 0])])
+def test_bad_joint_command_is_a_clear_error(env, bad):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="joint command must be 6 finite joint positions"):
+        env.step(bad)
+
+
+def test_same_seed_same_observations_even_after_other_episodes(env):
+    first = run(env, seed=11)
+    run(env, seed=12)  # a different episode in between must leave no trace
+    again = run(env, seed=11)
+    fresh_env = NeedleInsertionEnv(width=WIDTH, height=HEIGHT)
+    fresh = run(fresh_env, seed=11)
+    fresh_env.close()
+    for a, b, c in zip(first, again, fresh):
+        assert_same(a, b)
+        assert_same(a, c)
+    other = run(env, seed=12)
+    assert not np.array_equal(other[0]["images"]["side_camera"], first[0]["images"]["side_camera"])
+
+
+def test_image_rendering_does_not_change_the_physics_or_noise():
+    with_images = NeedleInsertionEnv(width=WIDTH, height=HEIGHT)
+    without = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, render_images=False)
+    for a, b in zip(run(with_images, seed=5), run(without, seed=5)):
+        np.testing.assert_array_equal(a["qpos"], b["qpos"])
+        np.testing.assert_array_equal(a["ee_pose"], b["ee_pose"])
+        assert b["images"] == {}
+    with_images.close()
+
+
+def test_dr_values_stay_in_their_ranges_and_vary(env):
+    dr, phantom = DomainRandomization(), PhantomPlacement()
+    samples = [env.reset(seed=seed)[1]["scene_params"] for seed in range(8)]
+    for params in samples:
+        assert abs(params["phantom_dx"]) <= phantom.x_range
+        assert phantom.y_min <= params["phantom_dy"] <= phantom.y_max
+        assert abs(params["phantom_yaw"]) <= np.deg2rad(phantom.yaw_range_deg)
+        for key, value in params.items():
+            if key.endswith(("_dx", "_dy", "_dz")) and "light" in key:
+                assert abs(value) <= dr.light_position
+            elif key.endswith(("_dx", "_dy", "_dz")) and "camera" in key:
+                assert abs(value) <= dr.camera_position
+            elif "_rot" in key:
+                pass  # checked as a vector below
+            elif key.endswith(("_dr", "_dg", "_db", "_dspecular", "_dshininess")):
+                assert abs(value) <= dr.color
+            elif key.endswith("_damping_scale"):
+                assert 1 - dr.damping <= value <= 1 + dr.damping
+        for camera in CAMERA_NAMES:
+            angle = np.linalg.norm([params[f"dr_{camera}_rot{a}"] for a in "xyz"])
+            assert angle <= dr.camera_rotation + 1e-12
+        assert params["dr_image_noise_std"] == dr.image_noise_std
+        assert params["dr_qpos_noise_std"] == dr.qpos_noise_std
+    for key in samples[0]:
+        if key not in ("dr_image_noise_std", "dr_qpos_noise_std", "dr_from_images"):
+            assert len({params[key] for params in samples}) > 1, f"{key} does not vary between episodes"
+    # The sampled values are what the model holds, and the camera quaternions stay unit.
+    assert np.allclose(np.linalg.norm(env.model.cam_quat, axis=1), 1.0, atol=1e-12)
+    for material in MATERIALS:
+        rgba = env.model.mat_rgba[env.model.material(material).id]
+        assert np.all((0 <= rgba) & (rgba <= 1))
+
+
+def test_without_dr_only_the_phantom_moves():
+    env = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=None)
+    observations, params = [], []
+    for seed in (1, 2):
+        observation, info = env.reset(seed=seed)
+        observations.append(observation)
+        params.append(info["scene_params"])
+        np.testing.assert_array_equal(observation["qpos"], np.deg2rad(HOME_QPOS_DEG).astype(np.float32))
+    assert params[0]["phantom_dx"] != params[1]["phantom_dx"]
+    for key in params[0]:
+        if key.startswith("dr_") and not key.endswith(("_damping_scale", "_texture")):
+            assert params[0][key] == params[1][key] == 0.0, key
+        elif key.endswith("_damping_scale"):
+            assert params[0][key] == 1.0
+    # No image noise: a static scene renders identically on consecutive frames.
+    command = env.commanded_qpos()
+    first = env.step(command)[0]["images"]["side_camera"]
+    second = env.step(command)[0]["images"]["side_camera"]
+    np.testing.assert_array_equal(first, second)
+    env.close()
+
+
+def test_servos_track_a_joint_step_to_well_under_a_millimetre(env):
+    env.reset(seed=0)
+    target = env.commanded_qpos() + np.deg2rad([2.0, 2.0, -2.0, 3.0, 3.0, 3.0])  # about a 1 cm tip move
+    errors = [env.step(target.astype(np.float32))[4]["tracking_error_mm"] for _ in range(5)]
+    assert max(errors) < 1.0
+    assert errors[-1] < 0.05
+
+
+def test_truncated_at_the_timeout_and_commands_clipped_to_the_limits():
+    env = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, max_episode_seconds=0.2, render_images=False)
+    env.reset(seed=0)
+    beyond = JOINT_LIMITS[:, 1] + 1.0
+    results = [env.step(beyond) for _ in range(3)]
+    assert [r[3] for r in results] == [False, False, True]
+    assert not any(r[2] for r in results)
+    np.testing.assert_allclose(env.commanded_qpos(), JOINT_LIMITS[:, 1])
