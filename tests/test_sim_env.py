@@ -1,12 +1,13 @@
 """The gymnasium environment: API, determinism for a seed, domain randomization ranges, servo tracking."""
 
+import cv2
 import numpy as np
 import pytest
 
 from sim.env import NeedleInsertionEnv
 from sim.kinematics import JOINT_LIMITS
 from sim.randomization import DomainRandomization, PhantomPlacement
-from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS
+from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS, TEXTURED_MATERIALS
 
 WIDTH, HEIGHT = 64, 48
 
@@ -160,3 +161,30 @@ def test_truncated_at_the_timeout_and_commands_clipped_to_the_limits():
     assert [r[3] for r in results] == [False, False, True]
     assert not any(r[2] for r in results)
     np.testing.assert_allclose(env.commanded_qpos(), JOINT_LIMITS[:, 1])
+
+
+def test_backgrounds_come_from_the_given_images(tmp_path):
+    colors = [(200, 30, 30), (30, 200, 30)]
+    for i, color in enumerate(colors):
+        cv2.imwrite(str(tmp_path / f"bg{i}.png"), np.full((20, 30, 3), color[::-1], np.uint8))  # BGR on disk
+    env = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=DomainRandomization(backgrounds=str(tmp_path)))
+    used = set()
+    for seed in range(6):
+        params = env.reset(seed=seed)[1]["scene_params"]
+        assert params["dr_from_images"] == 1
+        for material, texture in TEXTURED_MATERIALS.items():
+            index = params[f"dr_{material}_texture"]
+            used.add(index)
+            t = env.model.texture(texture)
+            pixels = env.model.tex_data[t.adr[0] : t.adr[0] + t.height[0] * t.width[0] * 3].reshape(-1, 3)
+            assert np.all(pixels == colors[index])
+    assert used == {0, 1}
+    env.close()
+
+
+def test_a_backgrounds_folder_without_images_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match="no images"):
+        NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=DomainRandomization(backgrounds=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=DomainRandomization(backgrounds=str(tmp_path / "missing")))
