@@ -22,4 +22,7 @@ test: setup
 	HF_HUB_OFFLINE=1 MUJOCO_GL=egl WANDB_MODE=offline $(VENV)/bin/python -m pytest -q tests
 
 clean:
-	rm -rf outputs demo .pytest_cache
+	rm -rf outputs .pytest_cache
+
+demo: setup
+	bash scripts/demo.sh
