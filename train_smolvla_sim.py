@@ -50,7 +50,12 @@ def main():
         print(f"Config OK: {args.config}, {len(episodes)} episodes in {cfg['dataset']['root_dir']}, "
               f"stats {cfg['normalization']['stats_file'] if cfg['normalization']['enable'] else 'disabled'}")
         return
-    train(cfg, resume=args.resume, reset_scheduler=args.reset_scheduler)
+    evaluate_fn = None
+    if cfg["evaluation"]["enable"]:
+        from evaluate_smolvla_sim import make_training_evaluator  # MuJoCo is needed only when evaluating
+
+        evaluate_fn = make_training_evaluator(cfg)
+    train(cfg, resume=args.resume, reset_scheduler=args.reset_scheduler, evaluate_fn=evaluate_fn)
 
 
 if __name__ == "__main__":
