@@ -1,0 +1,267 @@
+"""Training step: our loop (insertion_vla.train.train) vs a bare lerobot forward + backward + AdamW step.
+
+    .venv/bin/python -m benchmarks.bench_train_step                                   # tiny VLM, CPU, 64x64
+    .venv/bin/python -m benchmarks.bench_train_step --steps 30 --repeats 1            # quick
+    python -m benchmarks.bench_train_step --device cuda --preset smolvlm2-500m --image_size 512 --num_workers 8
+                                                                                      # real size, on a GPU
+
+Both sides train the same lerobot SmolVLAPolicy, built by insertion_vla.policy.build_policy from the real
+configuration (train_config_smolvla_sim.yaml) with a random VLM written by insertion_vla.tiny_vlm, on
+episodes written to a temp dir (3 cameras, JPEG with noise, resized with padding to --image_size).
+
+- bare: lerobot's own loss, `policy.forward(batch)`, + backward + AdamW step (+ zero_grad), repeated on one
+  batch that the library prepared (prepare_batch: on the device, [0, 1] images, normalized, tokenized).
+- ours: `insertion_vla.train.train(cfg)` itself, the loop as users run it: prepare_batch, TrainingLoss forward
+  under autocast, backward, clip_grad_norm_, the finite check, optimizer step, LR schedule, loss-spike
+  detector, progress bar and the console/metrics.csv lines every log_freq steps. Its step cannot be called
+  alone, so it is timed from outside: train() prints a line every log_freq steps and each line is
+  timestamped as it is written; s/step = time between lines / log_freq (the first window, which holds the
+  first step's allocations, is dropped; no checkpoint or validation falls inside a window). That time
+  includes reading the next batch; with --num_workers 0 loading is serial, so it is measured alone with the
+  loop's own loader (train.micro_batches, same config) and subtracted.
+- our loss alone: TrainingLoss(policy)(batch) + backward + AdamW step on the same prepared batch as bare, to
+  show what the loss itself costs (a diagnostic, not the loop).
+
+Overhead = (ours - data loading) / bare. On CUDA, bf16 autocast (training.use_bfloat16) on both sides and
+the peak allocated GPU memory of each. Repeats are interleaved; medians are reported with the load.
+"""
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.measure import load_average, machine, mb, median, print_table, spread
+from benchmarks.synthetic import write_full_size_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_LINE = re.compile(r"\] Step (\d+)/\d+ \|")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: %(default)s)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "smolvlm2-500m"],
+                   help="VLM architecture written by insertion_vla.tiny_vlm, random weights (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=16, help="training.batch_size (default: %(default)s, the real per-GPU batch)")
+    p.add_argument("--image_size", type=int, default=64, help="policy.resize_imgs_with_padding side (default: %(default)s; real: 512)")
+    p.add_argument("--frame_size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), default=None,
+                   help="size of the stored camera frames (default: 640 480 when --image_size is 512, else "
+                   "image_size x 3/4 image_size, so data loading stays small beside a tiny model)")
+    p.add_argument("--episodes", type=int, default=4, help="episodes written (default: %(default)s)")
+    p.add_argument("--length", type=int, default=80, help="frames per episode (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=60, help="training steps per train() run (default: %(default)s)")
+    p.add_argument("--log_freq", type=int, default=10, help="training.log_freq: the timing window (default: %(default)s)")
+    p.add_argument("--bare_steps", type=int, default=30, help="timed bare / loss-only steps per repeat (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed bare / loss-only steps first (default: %(default)s)")
+    p.add_argument("--num_workers", type=int, default=0, help="training.num_workers (default: %(default)s: loading is serial and subtracted)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s; the CPU is shared)")
+    p.add_argument("--tmp_dir", default=None, help="where the temporary data and run outputs go (default: the system temp dir)")
+    return p.parse_args(argv)
+
+
+class LineClock:
+    """A stdout stand-in that keeps (time, step) for every training console line train() writes."""
+
+    def __init__(self, log):
+        self.log, self.marks = log, []
+
+    def write(self, text):
+        match = STEP_LINE.search(text)
+        if match:
+            self.marks.append((time.perf_counter(), int(match.group(1))))
+        self.log.write(text)
+        return len(text)
+
+    def flush(self):
+        self.log.flush()
+
+    def seconds_per_step(self) -> list[float]:
+        """One figure per log window, the first window dropped."""
+        return [(t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in zip(self.marks[1:], self.marks[2:])]
+
+
+def make_config(tmp: Path, args, out_name: str):
+    from insertion_vla.config import load_config
+
+    s = args.image_size
+    overrides = {
+        "output_dir": tmp / out_name, "normalization.stats_file": tmp / "stats.yaml", "dataset.root_dir": tmp / "episodes",
+        "policy.vlm_model_name": tmp / "vlm", "policy.pretrained_model_id": "null", "policy.load_vlm_weights": "false",
+        "policy.resize_imgs_with_padding": f"[{s}, {s}]", "training.steps": args.steps, "training.batch_size": args.batch_size,
+        "training.num_workers": args.num_workers, "training.log_freq": args.log_freq, "training.save_freq": 10**9,
+        "training.device": args.device, "validation.enable": "false", "wandb.enable": "false",
+    }
+    return load_config(ROOT / "train_config_smolvla_sim.yaml", [f"--{k}={v}" for k, v in overrides.items()])
+
+
+def synchronize(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step_fn, n: int, warmup: int, device) -> tuple[list[float], int]:
+    """Seconds of each of n calls of step_fn after `warmup` untimed ones; peak GPU memory allocated (bytes)."""
+    import torch
+
+    for _ in range(warmup):
+        step_fn()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step_fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+def measure_bare_and_loss(cfg, stats, args, info):
+    """(bare step times, bare peak memory, loss-only step times, loss-only peak memory, loading s/batch,
+    prepare_batch s/batch) on one prepared batch."""
+    import torch
+
+    from insertion_vla.dataset import EpisodeDataset
+    from insertion_vla.episodes import discover_episodes, keys_from_config
+    from insertion_vla.optim import make_optimizer
+    from insertion_vla.policy import TrainingLoss, build_policy, prepare_batch
+    from insertion_vla.train import make_autocast, micro_batches
+
+    keys = keys_from_config(cfg["dataset"])
+    dataset = EpisodeDataset(discover_episodes(cfg["dataset"]["root_dir"]), keys, horizon=cfg["dataset"]["horizon"],
+                             image_size=cfg["policy"]["resize_imgs_with_padding"],
+                             task_instruction=cfg["dataset"]["task_instruction"], seed=cfg["seed"])
+    batches = micro_batches(dataset, info, cfg["training"], cfg["seed"], 0, 0)
+    next(batches)
+    n_load = max(args.log_freq, 2 * max(1, args.num_workers))
+    t0 = time.perf_counter()
+    raws = [next(batches)[2] for _ in range(n_load)]
+    loading = (time.perf_counter() - t0) / n_load
+    del batches
+
+    torch.manual_seed(cfg["seed"])
+    policy, preprocessor, _ = build_policy(
+        cfg["policy"], state_dim=dataset.state_dim, action_dim=dataset.action_dim, warn_random_vlm=False,
+        camera_keys=[f"observation.images.{n}" for n in keys.cameras.values()], stats=stats,
+        normalization_mode=cfg["normalization"]["mode"], device=info.device)
+    policy.train()
+    autocast = make_autocast(info.device, cfg["training"]["use_bfloat16"])
+
+    prepare_times, _ = time_steps(lambda: prepare_batch(raws[0], preprocessor, info.device), 10, 2, info.device)
+    batch = prepare_batch(raws[0], preprocessor, info.device)
+
+    optimizer = make_optimizer(policy, cfg["optimizer"])
+
+    def bare_step():
+        with autocast():
+            loss, _ = policy.forward(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    objective = TrainingLoss(policy)
+
+    def loss_step():
+        with autocast():
+            losses = objective(batch, cfg["training"]["lambda_temporal"])
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    bare, bare_mem = time_steps(bare_step, args.bare_steps, args.warmup, info.device)
+    ours_loss, loss_mem = time_steps(loss_step, args.bare_steps, args.warmup, info.device)
+    n_params = sum(p.numel() for p in policy.parameters())
+    n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    del policy, optimizer, objective, batch, raws
+    if info.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return bare, bare_mem, ours_loss, loss_mem, loading, median(prepare_times), n_params, n_trainable
+
+
+def measure_train(cfg, tmp: Path, device) -> tuple[list[float], int]:
+    """s/step of insertion_vla.train.train(cfg) from its console lines; peak GPU memory of the run."""
+    import torch
+
+    from insertion_vla.train import train
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with open(tmp / "train_log.txt", "a") as log:
+        clock = LineClock(log)
+        with contextlib.redirect_stdout(clock), contextlib.redirect_stderr(log):
+            train(cfg)
+    return clock.seconds_per_step(), torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from insertion_vla import distributed as dist
+    from insertion_vla.episodes import discover_episodes, keys_from_config
+    from insertion_vla.stats import compute_stats, load_stats, save_stats
+    from insertion_vla.tiny_vlm import build_tiny_vlm
+
+    torch.set_num_threads(args.threads)
+    frame_w, frame_h = args.frame_size or ((640, 480) if args.image_size == 512 else (args.image_size, args.image_size * 3 // 4))
+    with tempfile.TemporaryDirectory(prefix="bench_train_step_", dir=args.tmp_dir) as tmp:
+        tmp = Path(tmp)
+        build_tiny_vlm(tmp / "vlm", preset=args.preset)
+        write_full_size_episodes(tmp / "episodes", args.episodes, args.length, height=frame_h, width=frame_w)
+        cfg = make_config(tmp, args, "out")
+        stats, _ = compute_stats(discover_episodes(tmp / "episodes"), keys_from_config(cfg["dataset"]), progress=False)
+        save_stats(stats, tmp / "stats.yaml")
+        stats = load_stats(tmp / "stats.yaml")
+        info = dist.setup(args.device)
+        device_name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else machine()
+        print(f"{device_name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; VLM preset {args.preset}; "
+              f"batch {args.batch_size}, 3 cameras {frame_w}x{frame_h} -> {args.image_size}x{args.image_size}; "
+              f"bf16 autocast: {info.device.type == 'cuda' and cfg['training']['use_bfloat16']}; "
+              f"num_workers {args.num_workers}", flush=True)
+
+        rows = []
+        for repeat in range(args.repeats):
+            load_before = load_average()
+            bare, bare_mem, loss_only, loss_mem, loading, prepare, n_params, n_trainable = measure_bare_and_loss(cfg, stats, args, info)
+            ours, ours_mem = measure_train(make_config(tmp, args, f"out_{repeat}"), tmp, info.device)
+            row = {"bare": median(bare), "loss_only": median(loss_only), "ours": median(ours), "loading": loading,
+                   "prepare": prepare, "bare_mem": bare_mem, "loss_mem": loss_mem, "ours_mem": ours_mem,
+                   "load": f"{load_before.split()[1]}/{load_average().split()[1]}"}
+            row["ours_net"] = row["ours"] - (loading if args.num_workers == 0 else 0.0)
+            rows.append(row)
+            print(f"repeat {repeat + 1}: bare {spread(bare)} s, loss only {spread(loss_only)} s, train() {spread(ours)} s/step, "
+                  f"loading {loading:.4f} s/batch, prepare_batch {prepare:.4f} s ({load_before} -> {load_average()})", flush=True)
+
+    print(f"\npolicy: {n_params / 1e6:.1f} M parameters, {n_trainable / 1e6:.1f} M trainable")
+    table = []
+    for name, key, mem in (("bare lerobot: forward + backward + AdamW", "bare", "bare_mem"),
+                           ("our loss alone: TrainingLoss + backward + AdamW", "loss_only", "loss_mem"),
+                           ("ours: train() per step, as logged", "ours", "ours_mem"),
+                           ("ours minus data loading" if args.num_workers == 0 else "ours (loading overlapped by workers)",
+                            "ours_net", "ours_mem")):
+        s = median([r[key] for r in rows])
+        ratio = median([r[key] / r["bare"] for r in rows])
+        table.append([name, f"{s:.4f}", args.batch_size / s, f"{ratio:.3f}x",
+                      f"{mb(median([r[mem] for r in rows])) / 1024:.2f}" if info.device.type == "cuda" else "-",
+                      " ".join(r["load"] for r in rows)])
+    print_table(["step", "s/step", "samples/s", "vs bare", "peak GPU GiB", "load before/after per repeat"], table)
+    print(f"data loading alone (train.micro_batches, {args.num_workers} workers): {median([r['loading'] for r in rows]):.4f} s/batch; "
+          f"prepare_batch: {median([r['prepare'] for r in rows]):.4f} s/batch (part of ours, not of bare)")
+    verdict = median([r["ours_net"] / r["bare"] for r in rows])
+    print(f"overhead of our step over bare lerobot: {verdict:.3f}x (target <= 1.05x: {'met' if verdict <= 1.05 else 'NOT met'})")
+    dist.teardown()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
