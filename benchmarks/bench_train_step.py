@@ -203,8 +203,11 @@ def measure_train(cfg, tmp: Path, device) -> dict:
         with contextlib.redirect_stdout(clock), contextlib.redirect_stderr(log):
             train(cfg)
     wall, cpu = clock.per_step()
+    ckpt_dir = Path(cfg["output_dir"]) / "checkpoints"
     return {"ours": (median(wall), median(cpu)), "ours_mem": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
-            "spread": f"train() {spread(wall)} s/step"}
+            "spread": f"train() {spread(wall)} s/step",
+            "checkpoint": (ckpt_dir / f"checkpoint_step_{cfg['training']['steps']}.pt").stat().st_size,
+            "export": sum(p.stat().st_size for p in (ckpt_dir / "final_hf").rglob("*") if p.is_file())}
 
 
 def main(argv=None):
@@ -250,7 +253,8 @@ def main(argv=None):
             print(f"repeat {repeat + 1}: {spreads}; loading {row['loading'][0]:.4f} s/batch, prepare_batch "
                   f"{row['prepare'][0]:.4f} s ({load_before} -> {load_average()})", flush=True)
 
-    print(f"\npolicy: {rows[0]['params'] / 1e6:.1f} M parameters, {rows[0]['trainable'] / 1e6:.1f} M trainable")
+    print(f"\npolicy: {rows[0]['params'] / 1e6:.1f} M parameters, {rows[0]['trainable'] / 1e6:.1f} M trainable; "
+          f"train()'s checkpoint_step_{args.steps}.pt {mb(rows[0]['checkpoint']):.1f} MB, final_hf {mb(rows[0]['export']):.1f} MB")
     table = []
     for name, key in (("bare lerobot: forward + backward + AdamW", "bare"),
                       ("our loss alone: TrainingLoss + backward + AdamW", "loss_only"),
