@@ -51,8 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--frame_size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), default=None,
                    help="size of the stored camera frames (default: 640 480 when --image_size is 512, else "
                    "image_size x 3/4 image_size, so data loading stays small beside a tiny model)")
-    p.add_argument("--episodes", type=int, default=4, help="episodes written (default: %(default)s)")
-    p.add_argument("--length", type=int, default=80, help="frames per episode (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=8, help="episodes written (default: %(default)s)")
+    p.add_argument("--length", type=int, default=150, help="frames per episode (default: %(default)s; an epoch longer than the run keeps DataLoader restarts out of the timing)")
     p.add_argument("--steps", type=int, default=60, help="training steps per train() run (default: %(default)s)")
     p.add_argument("--log_freq", type=int, default=10, help="training.log_freq: the timing window (default: %(default)s)")
     p.add_argument("--bare_steps", type=int, default=30, help="timed bare / loss-only steps per repeat (default: %(default)s)")
