@@ -41,6 +41,7 @@ from pathlib import Path
 
 import h5py
 import imageio_ffmpeg
+import mujoco
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -275,11 +276,16 @@ class EpisodeResult:
 
 
 class EpisodeVideo:
-    """The three cameras side by side, streamed to an MP4 (H.264), written atomically."""
+    """The three cameras side by side, streamed to an MP4 (H.264), written atomically.
+
+    Frames are rendered from the simulation state by a renderer of the video's own, so recording changes nothing
+    the policy sees (the env's image-noise stream advances only with the env's own renders); they carry no image
+    noise. Call add(env) right after reset (the renderer then uploads the episode's textures) and after each step.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._output = None
+        self._renderer = None
         self._writer = None
 
     def __enter__(self):
@@ -287,8 +293,14 @@ class EpisodeVideo:
         self._temporary = self._output.__enter__()
         return self
 
-    def add(self, images: dict) -> None:
-        frame = np.concatenate([images[camera] for camera in CAMERA_NAMES], axis=1)
+    def add(self, env: NeedleInsertionEnv) -> None:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(env.model, env.height, env.width)
+        images = []
+        for camera in CAMERA_NAMES:
+            self._renderer.update_scene(env.data, camera=camera)
+            images.append(self._renderer.render())
+        frame = np.concatenate(images, axis=1)
         frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)))  # H.264 wants even sizes
         if self._writer is None:
             # The container is named explicitly: the temporary file's name does not end in .mp4.
@@ -300,6 +312,8 @@ class EpisodeVideo:
         self._writer.send(np.ascontiguousarray(frame))
 
     def __exit__(self, *exc):
+        if self._renderer is not None:
+            self._renderer.close()
         if self._writer is not None:
             self._writer.close()
         return self._output.__exit__(*exc)
@@ -314,27 +328,27 @@ def make_env(width: int, height: int, dr: DomainRandomization | None = DomainRan
 def run_episode(env: NeedleInsertionEnv, driver, episode: int, seed: int, video: EpisodeVideo | None = None) -> EpisodeResult:
     """One episode from reset(seed) to success or timeout.
 
-    The env renders only the observations someone looks at (the policy's queries, the video): rendering is most
-    of a step's cost and does not change the physics or the joint noise (separate random streams in the env).
-    Whether it renders must be decided at reset, which uploads the episode's randomized textures.
+    The env renders only the observations the policy is fed: rendering is most of a step's cost, and the physics
+    and joint noise do not depend on it (separate random streams in the env). Whether the env renders in an
+    episode is decided at reset, which uploads the episode's randomized textures to its renderer.
     """
     started = time.perf_counter()
-    env.render_images = driver.uses_images or video is not None
+    env.render_images = driver.uses_images
     observation, _ = env.reset(seed=seed)
     driver.reset(env, seed)
     params = env.scene_params
     min_tip_error, steps, done = math.inf, 0, False
     while not done:
         if video is not None:
-            video.add(observation["images"])
+            video.add(env)
         action = driver.act(observation)
-        env.render_images = video is not None or driver.needs_images()
+        env.render_images = driver.needs_images()
         observation, _, terminated, truncated, info = env.step(action)
         steps += 1
         min_tip_error = min(min_tip_error, info["tip_error_mm"])
         done = terminated or truncated
     if video is not None:
-        video.add(observation["images"])
+        video.add(env)
     env.render_images = True  # as built
     return EpisodeResult(
         episode=episode, seed=seed, success=bool(info["success"]), steps=steps,

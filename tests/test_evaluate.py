@@ -1,0 +1,224 @@
+"""evaluate_smolvla_sim.py: closed-loop episodes in the real simulator with the scripted expert and a real tiny
+SmolVLA trained for a few steps; the CLI's report, video and offline mode; the training callback.
+
+(The environment's own API and determinism per seed are tested in test_sim_env.py.)
+"""
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+
+import h5py
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import yaml
+from episode_files import write_episode
+from fixtures_policy import tiny_vlm_dir  # noqa: F401
+from train_runs import ROOT, env, make_run_dir, train
+
+import evaluate_smolvla_sim as ev
+from insertion_vla.config import defaults
+from insertion_vla.dataset import EpisodeDataset
+from insertion_vla.episodes import keys_from_config
+from insertion_vla.errors import UserError, exit_on_user_error
+from sim.recorder import EpisodeRecorder
+from sim.scene import CAMERA_NAMES
+from sim.seeding import episode_seed
+
+WIDTH, HEIGHT = 64, 48  # the test episodes' image size (episode_files); rendering size does not change physics
+SUCCESS_LINE = re.compile(r"^Success rate: (\d+)/(\d+) \((\d+\.\d) %, 95 % CI (\d+\.\d)-(\d+\.\d) %\)$")
+
+
+def evaluate_cli(*args):
+    res = subprocess.run([sys.executable, ROOT / "evaluate_smolvla_sim.py", *map(str, args)],
+                         capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return res
+
+
+def evaluate_in_process(capsys, *args) -> str:
+    """The command line without a new process (no second import of torch and lerobot); returns stdout."""
+    ev.main([str(a) for a in args])
+    return capsys.readouterr().out
+
+
+def read_report(output_dir):
+    report = json.loads((output_dir / "report.json").read_text())
+    with open(output_dir / "episodes.csv", newline="") as f:
+        return report, list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
+    """A tiny SmolVLA trained for 8 steps on episodes with the simulator's camera names: checkpoints and final_hf."""
+    tmp = tmp_path_factory.mktemp("run")
+    train(make_run_dir(tmp, tiny_vlm_dir, length=30))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def sim_env():
+    environment = ev.make_env(WIDTH, HEIGHT)
+    yield environment
+    environment.close()
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    return ev.load_policy(run_dir / "out" / "checkpoints" / "final_hf", "cpu")
+
+
+def test_wilson_interval():
+    lo, hi = ev.wilson_interval(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    assert ev.wilson_interval(0, 10)[0] == 0.0 and ev.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    z2 = ev.Z_95**2
+    assert ev.wilson_interval(0, 10)[1] == pytest.approx(z2 / (10 + z2))  # closed form at 0 successes
+
+
+def test_expert_through_the_evaluator_succeeds_and_is_deterministic(sim_env):
+    seeds = ev.evaluation_seeds(ev.EVAL_BASE_SEED, 2)
+    results = ev.run_episodes(sim_env, ev.ExpertDriver(), seeds)
+    assert [r.seed for r in results] == [episode_seed(ev.EVAL_BASE_SEED, i) for i in range(2)]
+    for r in results:
+        assert r.success, r
+        assert r.final_tip_error_mm < 1.0 and r.final_axis_error_deg < 2.0
+        assert r.time_to_success_s == pytest.approx(r.steps / 15.0)
+    assert results[0].phantom_dx_mm != results[1].phantom_dx_mm  # two different scenes
+    again = ev.run_episode(sim_env, ev.ExpertDriver(), 0, seeds[0])
+    assert (again.steps, again.final_tip_error_mm) == (results[0].steps, results[0].final_tip_error_mm)
+    summary = ev.summarize(results)
+    assert summary["successes"] == 2 and ev.summary_lines(summary)[-1].startswith("Success rate: 2/2 (100.0 %")
+
+
+def test_policy_sees_what_training_reads_from_a_recorded_episode(sim_env, exported, tmp_path):
+    """The evaluator's input for an observation == the dataset's sample of the same frame recorded by sim/."""
+    observation, _ = sim_env.reset(seed=7)
+    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=ev.COLLECTOR_JPEG_QUALITY)
+    recorder.add(observation, np.zeros(6, np.float32), timestamp=0.0)
+    recorder.write(tmp_path / "episode.h5", {})
+    dataset_cfg = exported.train_cfg["dataset"]
+    side = exported.policy.config.resize_imgs_with_padding[0]
+    sample = EpisodeDataset([tmp_path / "episode.h5"], keys_from_config(dataset_cfg), horizon=50,
+                            image_size=(side, side), task_instruction=dataset_cfg["task_instruction"])[0]
+
+    inputs = ev.policy_inputs(exported.policy, dataset_cfg)
+    batch = ev.observation_batch(observation, inputs)
+    assert sorted(k for k in batch if k.startswith("observation.images.")) == sorted(exported.policy.config.image_features)
+    for key in exported.policy.config.image_features:
+        assert batch[key].shape == (1, 3, side, side)
+        assert np.array_equal(batch[key][0].numpy(), sample[key].numpy()), key
+    assert np.array_equal(batch["observation.state"][0].numpy(), sample["observation.state"].numpy())
+    assert batch["task"] == [sample["task"]]
+
+
+def test_policy_cli_end_to_end_writes_report_csv_and_video(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    res = evaluate_cli("--policy", run_dir / "out" / "checkpoints" / "final_hf", "--episodes", 2, "--videos", 1,
+                       "--max_episode_seconds", 2, "--n_action_steps", 10, "--device", "cpu", "--output_dir", out)
+    last = res.stdout.strip().splitlines()[-1]
+    match = SUCCESS_LINE.match(last)
+    assert match and match.group(2) == "2", last
+    assert "Final tip error" in res.stdout and "Final axis error" in res.stdout and "Time to success" in res.stdout
+
+    report, rows = read_report(out)
+    assert report["settings"]["width"] == WIDTH and report["settings"]["n_action_steps"] == 10
+    assert [r["seed"] for r in report["episodes"]] == [episode_seed(ev.EVAL_BASE_SEED, i) for i in range(2)]
+    assert len(rows) == 2 and [int(r["seed"]) for r in rows] == report["settings"]["seeds"]
+    for episode in report["episodes"]:
+        assert episode["steps"] == 30 or episode["success"]  # 2 s at 15 Hz unless it succeeded
+        assert episode["policy_queries"] == math.ceil(episode["steps"] / 10)  # receding horizon: 10 actions a chunk
+    tips = [e["final_tip_error_mm"] for e in report["episodes"]]
+    assert report["summary"]["tip_error_mm"]["mean"] == pytest.approx(np.mean(tips))
+    assert report["summary"]["tip_error_mm"]["worst"] == pytest.approx(max(tips))
+
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == [f"episode_000_seed_{episode_seed(ev.EVAL_BASE_SEED, 0)}.mp4"]
+    assert report["episodes"][0]["video"] == str(videos[0]) and report["episodes"][1]["video"] is None
+    reader = imageio.get_reader(videos[0], format="FFMPEG")
+    assert reader.get_meta_data()["size"] == (3 * WIDTH, HEIGHT)
+    assert reader.count_frames() == report["episodes"][0]["steps"] + 1
+    assert not list(out.rglob("*.tmp-*"))
+
+    # The checkpoint of the same weights, loaded our way instead of lerobot's, gives the same episode (recording
+    # a video does not change what the policy sees).
+    evaluate_in_process(capsys, "--policy", run_dir / "out" / "checkpoints" / "checkpoint_step_8.pt", "--episodes", 1,
+                        "--videos", 0, "--max_episode_seconds", 2, "--n_action_steps", 10, "--device", "cpu",
+                        "--output_dir", tmp_path / "eval_ckpt")
+    from_checkpoint, _ = read_report(tmp_path / "eval_ckpt")
+    for key in ("steps", "final_tip_error_mm", "final_axis_error_deg", "min_tip_error_mm"):
+        assert from_checkpoint["episodes"][0][key] == report["episodes"][0][key], key
+
+
+def test_offline_mode_reports_per_joint_mae_and_plots(run_dir, tmp_path, capsys):
+    out = tmp_path / "offline"
+    stdout = evaluate_in_process(capsys, "--policy", run_dir / "out" / "checkpoints" / "final_hf", "--episodes_from",
+                                 run_dir / "out" / "validation_episodes.txt", "--device", "cpu", "--output_dir", out)
+    assert re.search(r"^Per-joint MAE over \d+ frames of 1 episodes \(deg\): q1 \d+\.\d\d .* mean \d+\.\d\d$",
+                     stdout.strip().splitlines()[-1])
+    report, rows = read_report(out)
+    assert len(rows) == 1 and int(rows[0]["frames"]) == 30
+    mae = report["summary"]["mae_deg"]
+    assert len(mae) == 6 and all(math.isfinite(v) and v > 0 for v in mae)
+    assert mae == pytest.approx([float(rows[0][f"mae_q{j}_deg"]) for j in range(1, 7)])
+    plot = out / "plots" / "000_episode_0001.png"
+    assert rows[0]["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_with_evaluation_logs_eval_metrics(tiny_vlm_dir, tmp_path, capsys):  # noqa: F811
+    config = make_run_dir(tmp_path, tiny_vlm_dir, length=30)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["evaluation"] = {"enable": True, "freq": 4, "episodes": 1}
+    config.write_text(yaml.safe_dump(cfg))
+    res = train(config)
+    assert re.search(r"\[EVAL\] Step 4 \| eval/success_rate: \d\.\d{3} \| eval/tip_error_mm: \d+\.\d{3} \| "
+                     r"eval/axis_error_deg: \d+\.\d{3}", res.stdout), res.stdout[-3000:]
+    with open(tmp_path / "out" / "metrics.csv", newline="") as f:
+        logged = {(int(r["step"]), r["metric"]) for r in csv.DictReader(f)}
+    assert {(4, "eval/success_rate"), (8, "eval/success_rate"), (8, "eval/tip_error_mm")} <= logged
+    during_training = json.loads((tmp_path / "out" / "eval" / "step_8" / "report.json").read_text())
+
+    # The callback and the command line run the same episode for the same weights and seed.
+    evaluate_in_process(capsys, "--policy", tmp_path / "out" / "checkpoints" / "checkpoint_step_8.pt", "--episodes", 1,
+                        "--videos", 0, "--device", "cpu", "--output_dir", tmp_path / "eval")
+    from_cli, _ = read_report(tmp_path / "eval")
+    assert from_cli["episodes"][0]["final_tip_error_mm"] == during_training["episodes"][0]["final_tip_error_mm"]
+
+
+def test_clear_errors(exported, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: ev.main(["--policy", str(tmp_path / "missing" / "final_hf")]))
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: --policy") and "not found" in stderr
+
+    real_cameras = {**defaults()["dataset"], "cameras": {"zed_left": "camera1", "oak_wrist": "camera2", "zed_top": "camera3"}}
+    with pytest.raises(UserError, match=r"\['oak_wrist', 'zed_left', 'zed_top'\] do not exist there"):
+        ev.policy_inputs(exported.policy, real_cameras)
+    two_cameras = {**defaults()["dataset"], "cameras": {"side_camera": "camera1", "top_camera": "camera3"}}
+    with pytest.raises(UserError, match="image inputs are"):
+        ev.policy_inputs(exported.policy, two_cameras)
+    with pytest.raises(UserError, match="state of 6 values"):
+        ev.policy_inputs(exported.policy, {**defaults()["dataset"], "use_qpos": True})
+
+    listing = tmp_path / "validation_episodes.txt"
+    listing.write_text("# episode_index\tfile\n0\tnowhere/episode_0000.h5\n")
+    with pytest.raises(UserError, match="files not found"):
+        ev.recorded_episode_paths(listing)
+
+
+def test_an_evaluation_seed_used_by_the_training_collection_is_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = write_episode(data / "episode_000000.h5", length=3)
+    with h5py.File(path, "a") as f:
+        f.attrs["base_seed"] = ev.EVAL_BASE_SEED
+    facts = ev.training_data_facts({**defaults()["dataset"], "root_dir": str(data)})
+    assert facts["image_size"] == (64, 48)
+    with pytest.raises(UserError, match=f"--seed {ev.EVAL_BASE_SEED}: the training episodes"):
+        ev.check_seeds_disjoint(ev.EVAL_BASE_SEED, facts)
+    assert ev.check_seeds_disjoint(0, facts).startswith("checked")
