@@ -162,8 +162,9 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
         pool = None
     else:
         # llvmpipe renders with one thread per core by default; with one process per core, one each is faster.
-        os.environ.setdefault("LP_NUM_THREADS", "1")
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)))
+        pool = multiprocessing.get_context("spawn").Pool(
+            min(workers, len(todo)), initializer=os.environ.setdefault, initargs=("LP_NUM_THREADS", "1")
+        )
         results = pool.imap_unordered(_collect_in_worker, [(index, settings) for index in todo])
     try:
         for outcome in results:

@@ -6,7 +6,8 @@
 
 Observation (exactly what the recorder stores, before JPEG):
   images   {"side_camera", "tool_camera", "top_camera"}: uint8 (height, width, 3) RGB, image noise included
-           (empty when the env is built with render_images=False: the physics is unchanged)
+           (empty while `env.render_images` is False, which may change between steps: the physics and
+           the joint noise do not depend on it)
   qpos     float32 (6,): measured joint positions, rad (true positions + sensor noise)
   ee_pose  float32 (6,): needle-tip pose in the robot base frame (= world frame): x, y, z in m, then
            rx, ry, rz in rad = mobile XYZ Euler angles of the tip frame, R = Rx(rx) Ry(ry) Rz(rz) (the Meca500's
@@ -72,6 +73,7 @@ class NeedleInsertionEnv(gymnasium.Env):
         self._entry = self.model.site(ENTRY_SITE).id
         self._depth = self.model.site(DEPTH_SITE).id
         self._renderer: mujoco.Renderer | None = None
+        self._renderer_stale = True
         self._home = np.deg2rad(np.array(HOME_QPOS_DEG))
         self._params: dict[str, float] = {}
         self._step_count = 0
@@ -81,7 +83,10 @@ class NeedleInsertionEnv(gymnasium.Env):
         self.observation_space = gymnasium.spaces.Dict(
             {
                 "images": gymnasium.spaces.Dict({name: image_space for name in CAMERA_NAMES} if render_images else {}),
-                "qpos": gymnasium.spaces.Box(-np.pi, np.pi, shape=(6,), dtype=np.float32),
+                # Measured positions: the limits, widened for the sensor noise and the servos' overshoot.
+                "qpos": gymnasium.spaces.Box(
+                    (JOINT_LIMITS[:, 0] - 0.1).astype(np.float32), (JOINT_LIMITS[:, 1] + 0.1).astype(np.float32)
+                ),
                 "ee_pose": gymnasium.spaces.Box(-np.inf, np.inf, shape=(6,), dtype=np.float32),
             }
         )
@@ -106,17 +111,15 @@ class NeedleInsertionEnv(gymnasium.Env):
         self.data.qpos[:] = self._home
         self.data.ctrl[:] = self._home
         mujoco.mj_forward(self.model, self.data)
-        if self.render_images:
-            # A fresh renderer uploads the randomized textures and materials to its GL context.
-            if self._renderer is not None:
-                self._renderer.close()
-            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+        self._renderer_stale = True  # the textures changed: the next render uploads them
         self._step_count = 0
         self._hold_count = 0
         info = {"seed": seed, "scene_params": dict(self._params), **self._errors(), "success": False}
         return self._observation(), info
 
     def step(self, joint_command):
+        if not self._params:
+            raise RuntimeError("NeedleInsertionEnv.step called before reset(seed=...)")
         command = np.asarray(joint_command, dtype=np.float64)
         if command.shape != (6,) or not np.all(np.isfinite(command)):
             raise ValueError(
@@ -189,13 +192,21 @@ class NeedleInsertionEnv(gymnasium.Env):
         }
 
     def _render(self) -> dict[str, np.ndarray]:
+        if self._renderer_stale:
+            # A fresh renderer uploads this episode's randomized textures and materials to its GL context.
+            if self._renderer is not None:
+                self._renderer.close()
+            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+            self._renderer_stale = False
         noise_std = self._params["dr_image_noise_std"]
         images = {}
         for camera in CAMERA_NAMES:
             self._renderer.update_scene(self.data, camera=camera)
             image = self._renderer.render()
             if noise_std > 0:
-                noise = self._image_rng.standard_normal(image.shape, dtype=np.float32) * noise_std
-                image = np.clip(image + noise, 0.0, 255.0).astype(np.uint8)
+                noisy = self._image_rng.standard_normal(image.shape, dtype=np.float32)
+                noisy *= noise_std
+                noisy += image
+                image = np.clip(noisy, 0.0, 255.0, out=noisy).astype(np.uint8)
             images[camera] = image
         return images

@@ -29,6 +29,13 @@ class PhantomPlacement:
     y_max: float = field(default=0.03, metadata={"help": "phantom y offset maximum, m (away from the robot)"})
     yaw_range_deg: float = field(default=30.0, metadata={"help": "phantom yaw range, +/- deg"})
 
+    def __post_init__(self):
+        if self.x_range < 0 or self.yaw_range_deg < 0 or self.y_min > self.y_max:
+            raise ValueError(
+                f"phantom placement needs x_range >= 0, yaw_range_deg >= 0 and y_min <= y_max, got {self}; "
+                "fix the --phantom_* flags"
+            )
+
 
 @dataclass(frozen=True)
 class DomainRandomization:
@@ -50,32 +57,54 @@ class DomainRandomization:
         metadata={"help": "directory of background images for the backdrop and table (procedural textures if unset)"},
     )
 
+    def __post_init__(self):
+        ranges = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "backgrounds"}
+        negative = {name: value for name, value in ranges.items() if value < 0}
+        if negative:
+            raise ValueError(f"domain randomization ranges must be >= 0, got {negative}; fix those flags")
+        if self.damping > 1:
+            raise ValueError(
+                f"--damping must be <= 1 (the scale 1 - damping stays >= 0), got {self.damping}; fix the flag"
+            )
+
     @classmethod
     def off(cls) -> "DomainRandomization":
         """All ranges zero: the nominal scene, no noise."""
         return cls(**{f.name: 0.0 for f in dataclasses.fields(cls) if f.name != "backgrounds"})
 
 
+PHANTOM_FLAG_PREFIX = "phantom_"
+
+
 def add_randomization_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per range (defaults = the dataclass defaults) and `--no_dr`."""
-    for config in (PhantomPlacement, DomainRandomization):
-        group = parser.add_argument_group(config.__name__)
+    """One flag per range (defaults = the dataclass defaults; phantom ones prefixed `--phantom_`) and `--no_dr`."""
+    groups = (
+        (PhantomPlacement, PHANTOM_FLAG_PREFIX, "phantom placement (part of the task, always randomized)"),
+        (DomainRandomization, "", "domain randomization (--no_dr switches it all off; a range of 0 one item)"),
+    )
+    for config, prefix, title in groups:
+        group = parser.add_argument_group(title)
         for f in dataclasses.fields(config):
             group.add_argument(
-                f"--{f.name}",
+                f"--{prefix}{f.name}",
                 type=str if f.name == "backgrounds" else float,
                 default=f.default,
                 metavar="DIR" if f.name == "backgrounds" else None,
-                help=f"{f.metadata['help']} (default: {f.default})",
+                help=f"{f.metadata['help']} (default: %(default)s)",
             )
-    parser.add_argument("--no_dr", action="store_true", help="switch domain randomization off (phantom placement stays)")
+    parser.add_argument(
+        "--no_dr", action="store_true", help="switch domain randomization off (phantom placement stays)"
+    )
 
 
 def randomization_from_args(args: argparse.Namespace) -> tuple[PhantomPlacement, DomainRandomization | None]:
-    phantom = PhantomPlacement(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PhantomPlacement)})
+    phantom = PhantomPlacement(
+        **{f.name: getattr(args, PHANTOM_FLAG_PREFIX + f.name) for f in dataclasses.fields(PhantomPlacement)}
+    )
     if args.no_dr:
         return phantom, None
-    return phantom, DomainRandomization(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DomainRandomization)})
+    dr = DomainRandomization(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DomainRandomization)})
+    return phantom, dr
 
 
 def procedural_texture(rng: np.random.Generator, size: int = TEXTURE_SIZE) -> np.ndarray:
@@ -109,7 +138,9 @@ def load_backgrounds(directory: str | Path) -> list[np.ndarray]:
     """All images of a directory (sorted by name), as TEXTURE_SIZE x TEXTURE_SIZE RGB uint8."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"--backgrounds {directory}: not a directory; pass a folder of images or leave it unset")
+        raise FileNotFoundError(
+            f"--backgrounds {directory}: not a directory; pass a folder of images or leave it unset"
+        )
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(
@@ -150,7 +181,8 @@ class SceneRandomizer:
         self._light_names = [model.light(i).name for i in range(model.nlight)]
 
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        """Every randomized quantity of one episode, by name. Without DR the DR entries are their no-op values."""
+        """Every randomized quantity of one episode, by name (m, rad, colour units, scale factors).
+        Without DR the DR entries are their no-op values."""
         p = self.phantom
         params = {
             "phantom_dx": rng.uniform(-p.x_range, p.x_range),

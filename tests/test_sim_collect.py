@@ -30,7 +30,9 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def collect(out: Path, episodes: int, seed: int = 7, *extra: str) -> subprocess.CompletedProcess:
-    return run_module("sim.collect", "--episodes", str(episodes), "--out", str(out), "--seed", str(seed), *SMALL, *extra)
+    return run_module(
+        "sim.collect", "--episodes", str(episodes), "--out", str(out), "--seed", str(seed), *SMALL, *extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,8 @@ def test_help_names_every_range_flag():
     for flag in (
         "--episodes", "--out", "--seed", "--workers", "--width", "--height", "--jpeg_quality", "--no_dr",
         "--backgrounds", "--light_position", "--camera_position", "--camera_rotation", "--color",
-        "--image_noise_std", "--qpos_noise_std", "--damping", "--x_range", "--y_min", "--y_max", "--yaw_range_deg",
+        "--image_noise_std", "--qpos_noise_std", "--damping", "--phantom_x_range", "--phantom_y_min", "--phantom_y_max",
+        "--phantom_yaw_range_deg",
     ):
         assert flag in result.stdout, flag
 
@@ -153,7 +156,8 @@ def test_no_partial_file_after_sigkill_and_the_rerun_completes(tmp_path):
 def test_a_failed_write_leaves_no_file(tmp_path):
     recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=90)
     image = np.zeros((8, 8, 3), np.uint8)
-    recorder.add({"images": {c: image for c in CAMERA_NAMES}, "qpos": np.zeros(6), "ee_pose": np.zeros(6)}, np.zeros(6), 0.0)
+    observation = {"images": {c: image for c in CAMERA_NAMES}, "qpos": np.zeros(6), "ee_pose": np.zeros(6)}
+    recorder.add(observation, np.zeros(6), 0.0)
     with pytest.raises(TypeError):
         recorder.write(tmp_path / "episode_000000.h5", {"not_storable": object()})  # fails after the datasets
     assert list(tmp_path.iterdir()) == []

@@ -188,3 +188,34 @@ def test_a_backgrounds_folder_without_images_is_a_clear_error(tmp_path):
         NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=DomainRandomization(backgrounds=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="not a directory"):
         NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=DomainRandomization(backgrounds=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DomainRandomization(color=-0.1),
+        lambda: DomainRandomization(damping=1.5),
+        lambda: PhantomPlacement(y_min=0.05, y_max=0.0),
+    ],
+)
+def test_invalid_ranges_are_refused(make):
+    with pytest.raises(ValueError, match="fix"):
+        make()
+
+
+def test_rendering_can_be_switched_on_mid_episode_with_this_episodes_textures():
+    dr = DomainRandomization(image_noise_std=0.0)
+    env = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=dr, render_images=False)
+    reference = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, dr=dr)
+    for seed in (1, 2):  # the second episode must not reuse the first one's textures
+        env.reset(seed=seed)
+        reference.reset(seed=seed)
+        command = env.commanded_qpos()
+        env.render_images = True
+        late = env.step(command)[0]["images"]
+        env.render_images = False
+        expected = reference.step(command)[0]["images"]
+        for camera in CAMERA_NAMES:
+            np.testing.assert_array_equal(late[camera], expected[camera])
+    env.close()
+    reference.close()
