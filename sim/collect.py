@@ -19,7 +19,13 @@ from tqdm import tqdm
 
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.expert import ScriptedExpert
-from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
+from sim.randomization import (
+    DomainRandomization,
+    PhantomPlacement,
+    add_randomization_args,
+    load_backgrounds,
+    randomization_from_args,
+)
 from sim.recorder import EpisodeRecorder
 from sim.scene import CAMERA_NAMES
 from sim.seeding import MAX_ATTEMPTS, episode_seed
@@ -123,8 +129,11 @@ def _collect_in_worker(task: tuple[int, CollectionSettings]) -> EpisodeOutcome:
 
 def check_existing(path: Path, settings: CollectionSettings) -> None:
     """An episode already in DIR must come from the same seed and image size, or the dataset would mix them."""
-    with h5py.File(path, "r") as f:
-        found = {key: f.attrs.get(key) for key in ("base_seed", "image_width", "image_height")}
+    try:
+        with h5py.File(path, "r") as f:
+            found = {key: f.attrs.get(key) for key in ("base_seed", "image_width", "image_height")}
+    except OSError as err:
+        raise SystemExit(f"error: {path} exists but cannot be opened as HDF5 ({err}); remove it and re-run") from None
     expected = {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height}
     if any(found[key] is None or int(found[key]) != value for key, value in expected.items()):
         raise SystemExit(
@@ -178,7 +187,9 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
     return outcomes
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[argparse.Namespace, PhantomPlacement, DomainRandomization | None]:
     parser = argparse.ArgumentParser(
         description="Collect scripted-expert needle-insertion episodes (HDF5, one file per episode).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -206,12 +217,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--jpeg_quality must be in [1, 100], got {args.jpeg_quality}")
     if args.width < 1 or args.height < 1:
         parser.error(f"--width and --height must be positive, got {args.width}x{args.height}")
-    return args
+    try:
+        phantom, dr = randomization_from_args(args)
+        if dr is not None and dr.backgrounds:
+            load_backgrounds(dr.backgrounds)  # fail here, not in every worker
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return args, phantom, dr
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    phantom, dr = randomization_from_args(args)
+    args, phantom, dr = parse_args(argv)
     settings = CollectionSettings(
         out_dir=args.out,
         base_seed=args.seed,
