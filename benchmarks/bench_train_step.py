@@ -59,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed bare / loss-only steps first (default: %(default)s)")
     p.add_argument("--num_workers", type=int, default=0, help="training.num_workers (default: %(default)s: loading is serial and subtracted)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (default: %(default)s)")
+    p.add_argument("--profile", action="store_true",
+                   help="on CUDA, also profile 3 bare and 3 loss-only steps: GPU kernel time per step vs wall time")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s; the CPU is shared)")
     p.add_argument("--tmp_dir", default=None, help="where the temporary data and run outputs go (default: the system temp dir)")
     return p.parse_args(argv)
@@ -108,24 +110,46 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(step_fn, n: int, warmup: int, device) -> tuple[list[float], list[float], int]:
-    """(wall seconds, CPU seconds) of each of n calls of step_fn after `warmup` untimed ones; peak GPU memory
-    allocated (bytes). CPU time (this process) does not grow when other jobs share the cores; wall time does."""
+def time_steps(step_fns: dict, n: int, warmup: int, device) -> dict:
+    """{name: (wall seconds per call, CPU seconds per call, peak GPU bytes)} of n calls of each step function,
+    taken in turn (A B A B ...: a drift of the machine's speed hits all alike) after `warmup` untimed rounds.
+    CPU time (this process) does not grow when other jobs share the cores; wall time does."""
     import torch
 
+    cuda = device.type == "cuda"
     for _ in range(warmup):
-        step_fn()
+        for fn in step_fns.values():
+            fn()
     synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    wall, cpu = [], []
+    out = {name: ([], [], 0) for name in step_fns}
     for _ in range(n):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step_fn()
+        for name, fn in step_fns.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            synchronize(device)
+            wall, cpu, peak = out[name]
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            out[name] = (wall, cpu, max(peak, torch.cuda.max_memory_allocated(device) if cuda else 0))
+    return out
+
+
+def gpu_busy(step_fn, n: int, device) -> tuple[float, float]:
+    """(GPU kernel seconds per step, wall seconds per step) of n steps under torch.profiler."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step_fn()
         synchronize(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return wall, cpu, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    wall = (time.perf_counter() - t0) / n
+    kernels = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return kernels / 1e6 / n, wall
 
 
 def measure_bare_and_loss(cfg, stats, args, info) -> dict:
@@ -145,8 +169,8 @@ def measure_bare_and_loss(cfg, stats, args, info) -> dict:
                              task_instruction=cfg["dataset"]["task_instruction"], seed=cfg["seed"])
     batches = micro_batches(dataset, info, cfg["training"], cfg["seed"], 0, 0)  # the loop's own loader
     raws = []
-    load_wall, load_cpu, _ = time_steps(lambda: raws.append(next(batches)[2]), max(args.log_freq, 2 * args.num_workers),
-                                        max(1, args.num_workers), torch.device("cpu"))
+    timed = time_steps({"loading": lambda: raws.append(next(batches)[2])}, max(args.log_freq, 2 * args.num_workers),
+                       max(1, args.num_workers), torch.device("cpu"))
     del batches
 
     torch.manual_seed(cfg["seed"])
@@ -156,7 +180,7 @@ def measure_bare_and_loss(cfg, stats, args, info) -> dict:
         normalization_mode=cfg["normalization"]["mode"], device=info.device)
     policy.train()
     autocast = make_autocast(info.device, cfg["training"]["use_bfloat16"])
-    prep_wall, prep_cpu, _ = time_steps(lambda: prepare_batch(raws[0], preprocessor, info.device), 10, 2, info.device)
+    timed.update(time_steps({"prepare": lambda: prepare_batch(raws[0], preprocessor, info.device)}, 10, 2, info.device))
     batch = prepare_batch(raws[0], preprocessor, info.device)
     optimizer = make_optimizer(policy, cfg["optimizer"])
     objective = TrainingLoss(policy)
@@ -175,15 +199,14 @@ def measure_bare_and_loss(cfg, stats, args, info) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    bare_wall, bare_cpu, bare_mem = time_steps(bare_step, args.bare_steps, args.warmup, info.device)
-    loss_wall, loss_cpu, loss_mem = time_steps(loss_step, args.bare_steps, args.warmup, info.device)
-    result = {
-        "bare": (median(bare_wall), median(bare_cpu)), "loss_only": (median(loss_wall), median(loss_cpu)),
-        "loading": (median(load_wall), median(load_cpu)), "prepare": (median(prep_wall), median(prep_cpu)),
-        "bare_mem": bare_mem, "loss_only_mem": loss_mem, "spread": f"bare {spread(bare_wall)} s, loss only {spread(loss_wall)} s",
-        "params": sum(p.numel() for p in policy.parameters()),
-        "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
-    }
+    timed.update(time_steps({"bare": bare_step, "loss_only": loss_step}, args.bare_steps, args.warmup, info.device))
+    result = {name: (median(wall), median(cpu)) for name, (wall, cpu, _) in timed.items()}
+    result.update({f"{name}_mem": timed[name][2] for name in ("bare", "loss_only")})
+    result["spread"] = f"bare {spread(timed['bare'][0])} s, loss only {spread(timed['loss_only'][0])} s"
+    if args.profile and info.device.type == "cuda":
+        result["busy"] = {name: gpu_busy(fn, 3, info.device) for name, fn in (("bare", bare_step), ("loss_only", loss_step))}
+    result["params"] = sum(p.numel() for p in policy.parameters())
+    result["trainable"] = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     del policy, optimizer, objective, batch, raws
     if info.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -265,6 +288,8 @@ def main(argv=None):
                       f"{cpu:.4f}", f"{median([r[key][1] / r['bare'][1] for r in rows]):.3f}x",
                       f"{mb(median([r[key + '_mem'] for r in rows])) / 1024:.2f}" if cuda else "-",
                       " ".join(r["load"] for r in rows)])
+    for name, (kernel, wall) in rows[-1].get("busy", {}).items():
+        print(f"torch.profiler, {name}: GPU kernels {kernel:.4f} s per step of {wall:.4f} s wall ({100 * kernel / wall:.0f} % busy)")
     print_table(["step", "s/step", "samples/s", "vs bare", "CPU s/step", "vs bare (CPU)", "peak GPU GiB",
                  "load before/after per repeat"], table)
     print(f"data loading alone (train.micro_batches, {args.num_workers} workers): "

@@ -18,14 +18,28 @@ TASK = "Insert needle into eye trocar in simulation"
 FPS = 15.0  # the simulator's control rate (sim/expert.py)
 
 
-def noisy_frame(t: int, camera: int, height: int, width: int, noise_std: float, rng: np.random.Generator) -> np.ndarray:
-    """uint8 RGB (height, width, 3): soft shaded shapes that drift with t, plus Gaussian pixel noise."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+NOISE_MARGIN = 64
+
+
+def noise_field(height: int, width: int, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise a little larger than a frame; each frame takes a shifted window of it (drawing fresh
+    noise would cost more than encoding the JPEG)."""
+    return rng.standard_normal((height + NOISE_MARGIN, width + NOISE_MARGIN, 3), dtype=np.float32) * noise_std
+
+
+def noisy_frame(t: int, camera: int, height: int, width: int, noise: np.ndarray) -> np.ndarray:
+    """uint8 RGB (height, width, 3): soft shaded shapes that drift with t, plus a window of `noise`."""
+    x = np.arange(width, dtype=np.float32)[None, :]
+    y = np.arange(height, dtype=np.float32)[:, None]
     cx, cy = width * (0.3 + 0.1 * camera) + 3 * t, height * 0.5 + 2 * t * (camera - 1)
     blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * (0.12 * width) ** 2))
-    img = np.stack([60 + 120 * blob + 40 * x / width, 80 + 90 * blob * (camera + 1) / 3, 140 - 60 * y / height], axis=-1)
-    img += rng.normal(0.0, noise_std, img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img = np.empty((height, width, 3), np.float32)
+    img[..., 0] = 60 + 120 * blob + 40 * x / width
+    img[..., 1] = 80 + 90 * blob * (camera + 1) / 3
+    img[..., 2] = 140 - 60 * y / height
+    dy, dx = (7 * t + 11 * camera) % NOISE_MARGIN, (13 * t + 5 * camera) % NOISE_MARGIN
+    img += noise[dy:dy + height, dx:dx + width]
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def _lowdim(length: int, seed: int) -> dict:
@@ -56,13 +70,13 @@ def write_full_size_episodes(root, n: int, length: int, *, height=480, width=640
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in tqdm(range(n), desc="writing full-size episodes", unit="ep"):
-        rng = np.random.default_rng(i)
+        noise = noise_field(height, width, noise_std, np.random.default_rng(i))
 
         def write_cameras(f):
             for c, camera in enumerate(CAMERAS):
                 ds = f.create_dataset(f"observations/images/{camera}", (length,), dtype=h5py.vlen_dtype(np.uint8))
                 for t in range(length):
-                    rgb = noisy_frame(t, c, height, width, noise_std, rng)
+                    rgb = noisy_frame(t, c, height, width, noise)
                     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
                     assert ok
                     ds[t] = jpeg.ravel()
