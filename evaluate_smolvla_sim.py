@@ -3,7 +3,7 @@
 
     python evaluate_smolvla_sim.py --policy outputs/train/RUN/checkpoints/final_hf --episodes 50
     python evaluate_smolvla_sim.py --policy outputs/train/RUN/checkpoints/checkpoint_step_10000.pt --episodes 20
-    python evaluate_smolvla_sim.py --expert --episodes 100 --width 128 --height 96     # sanity check of the evaluator
+    python evaluate_smolvla_sim.py --expert --episodes 100 --videos 0                  # sanity check of the evaluator
     python evaluate_smolvla_sim.py --policy .../final_hf --episodes_from data/real_robot   # offline, recorded episodes
 
 Each episode resets sim/'s NeedleInsertionEnv with its own seed and lets the policy act: a chunk of actions is
@@ -18,8 +18,12 @@ with base seed B uses episode_seed(B, i, attempt); the map is one-to-one, so eva
 any collection with another base seed. The collector's default is 0; when the policy's training episodes can be
 found (the run's config names them), the evaluator reads their `base_seed` attributes and refuses an S among them.
 
+The env renders only the observations the policy is fed (every K steps; the expert needs none): rendering is
+most of a step's cost and does not change the physics.
+
 Outputs (--output_dir): report.json (settings, summary, every episode), episodes.csv (a row per episode),
-videos/ (the three cameras side by side for the first --videos episodes, MP4). The console ends with
+videos/ (the three cameras side by side for the first --videos episodes, MP4, rendered by a renderer of their own
+without the image noise, so recording changes nothing the policy sees). The console ends with
 `Success rate: K/N (P %, 95 % CI lo-hi %)` (Wilson score interval).
 
 Training runs the same rollout through `make_training_evaluator(cfg)` (see train_smolvla_sim.py).
@@ -450,7 +454,7 @@ def training_data_facts(dataset_cfg: dict) -> dict | None:
     paths = discover_episodes(root)
     base_seeds = set()
     for path in paths:
-        with h5py.File(path, "r") as f:
+        with contextlib.suppress(OSError), h5py.File(path, "r") as f:  # a damaged file is training's to report
             if "base_seed" in f.attrs:
                 base_seeds.add(int(f.attrs["base_seed"]))
     keys = keys_from_config(dataset_cfg)
@@ -494,12 +498,14 @@ def make_training_evaluator(cfg: dict, base_seed: int = EVAL_BASE_SEED):
 
     def evaluate_fn(policy, preprocessor, postprocessor, step: int) -> dict:
         nonlocal env
-        env = env or make_env(width, height)
+        if env is None:
+            env = make_env(width, height)
         driver = PolicyDriver(policy, preprocessor, postprocessor, policy_inputs(policy, cfg["dataset"]))
         results = run_episodes(env, driver, seeds, desc=f"eval step {step}")
         summary = summarize(results)
         settings = {"step": step, "base_seed": base_seed, "seeds": seeds, "seeds_check": seeds_note,
-                    "width": width, "height": height, "n_action_steps": driver.n_action_steps, "dr": "default"}
+                    "width": width, "height": height, "n_action_steps": driver.n_action_steps,
+                    "dr": dataclasses.asdict(env.dr)}
         write_report(Path(cfg["output_dir"]) / "eval" / f"step_{step}", settings, summary,
                      [dataclasses.asdict(r) for r in results])
         return {"eval/success_rate": summary["success_rate"], "eval/tip_error_mm": summary["tip_error_mm"]["mean"],
