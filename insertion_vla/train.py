@@ -231,7 +231,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
         if evaluate_fn is not None and e_cfg["enable"] and (step % e_cfg["freq"] == 0 or step == end_step):
             if info.is_main:  # closed-loop episodes in the simulator; the other ranks wait at the next collective
                 eval_metrics = evaluate_fn(policy, preprocessor, postprocessor, step)
-                monitor.print(" | ".join(f"[EVAL] Step {step}", *(f"{k}: {v:.3f}" for k, v in eval_metrics.items())))
+                monitor.print(" | ".join([f"[EVAL] Step {step}", *(f"{k}: {v:.3f}" for k, v in eval_metrics.items())]))
                 monitor.log(step, eval_metrics)
                 metrics.update(eval_metrics)
 
