@@ -38,8 +38,9 @@ def main():
     k = max(1, len(losses) // 5)  # compare the first and last fifth of the logged losses: single steps are noisy
     start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
     mae = last_per_joint(finetune, "val/action_mae_deg")
-    offline = json.loads((args.out / "offline_eval" / "report.json").read_text())
-    closed = json.loads((args.out / "closed_loop" / "report.json").read_text())
+    offline = json.loads((args.out / "offline_eval" / "report.json").read_text())["summary"]
+    closed = json.loads((args.out / "closed_loop" / "report.json").read_text())["summary"]
+    lo, hi = closed["success_rate_ci95"]
 
     print("=" * 100)
     print("Demo summary" + (f" ({args.seconds // 60} min {args.seconds % 60} s)" if args.seconds else ""))
@@ -47,7 +48,8 @@ def main():
     print(f"  validation MAE    per joint (deg), held-out episodes, after the fine-tune: [{', '.join(f'{x:.2f}' for x in mae)}]")
     print(f"  fresh process     final_hf loaded with lerobot alone, chunks predicted along "
           f"{offline['episodes']} held-out episodes: MAE (deg) [{', '.join(f'{x:.2f}' for x in offline['mae_deg'])}]")
-    print(f"  closed loop       {closed['success_line']}")
+    print(f"  closed loop       success {closed['successes']}/{closed['episodes']} in the simulator (95 % CI "
+          f"{100 * lo:.0f}-{100 * hi:.0f} %), final tip error mean {closed['tip_error_mm']['mean']:.1f} mm")
     print("  written:")
     for what, path in [
         ("episodes (HDF5)", args.out / "data"), ("statistics", args.out / "dataset_stats.yaml"),

@@ -33,7 +33,7 @@ def make_run_dir(tmp_path, vlm_dir, n_episodes=5, length=30, **config):
         "wandb": {"enable": False},
     }
     for section, values in config.items():
-        cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
