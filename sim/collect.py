@@ -156,6 +156,11 @@ def remove_stale_temporaries(out_dir: Path) -> None:
             pass  # alive, another user's process
 
 
+def _one_render_thread() -> None:
+    # a module-level function: spawn pickles the initializer, and os.environ's bound methods do not pickle
+    os.environ.setdefault("LP_NUM_THREADS", "1")
+
+
 def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> list[EpisodeOutcome]:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(settings.out_dir)
@@ -171,9 +176,7 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
         pool = None
     else:
         # llvmpipe renders with one thread per core by default; with one process per core, one each is faster.
-        pool = multiprocessing.get_context("spawn").Pool(
-            min(workers, len(todo)), initializer=os.environ.setdefault, initargs=("LP_NUM_THREADS", "1")
-        )
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), initializer=_one_render_thread)
         results = pool.imap_unordered(_collect_in_worker, [(index, settings) for index in todo])
     try:
         for outcome in results:
