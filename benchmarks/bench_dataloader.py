@@ -1,6 +1,6 @@
 """Data loading throughput: our EpisodeDataset vs the bare OpenCV limit vs lerobot's LeRobotDataset (video).
 
-    .venv/bin/python -m benchmarks.bench_dataloader                       # 4 episodes x 100 frames, 0/1/2 workers
+    .venv/bin/python -m benchmarks.bench_dataloader                       # 3 episodes x 80 frames, 0/1/2 workers
     .venv/bin/python -m benchmarks.bench_dataloader --episodes 2 --length 40 --samples 64 --repeats 1   # quick
 
 Full-size data: 3 cameras, 640x480 JPEG q95 with Gaussian noise (std 5) baked in, resized with padding to
@@ -15,8 +15,11 @@ Full-size data: 3 cameras, 640x480 JPEG q95 with Gaussian noise (std 5) baked in
   It returns 640x480 float images: SmolVLA resizes them on the GPU, so lerobot's loader does less work here.
 
 Every measurement runs in a fresh process (peak RSS is its own) and starts timing once each worker has
-delivered a batch (steady state); the machine's load is printed beside it. Repeats are interleaved and the
-median is reported.
+delivered a batch (steady state); the machine's load is printed beside it. Beside samples/s (wall clock, which
+drops when other jobs share the cores) it reports samples per CPU-second of the main process and its workers
+over the whole run (which does not): the per-core efficiency the "per worker" target is about. Peak RSS: of
+the main process, of the largest worker, and the largest sum over the process tree (an upper bound: pages
+shared between processes count in each). Repeats are interleaved and the median is reported.
 """
 
 import argparse
@@ -37,18 +40,23 @@ LIMIT = "bare OpenCV loop (1 thread)"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=int, default=4, help="episodes to generate (default: %(default)s)")
-    p.add_argument("--length", type=int, default=100, help="frames per episode (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=3, help="episodes to generate (default: %(default)s)")
+    p.add_argument("--length", type=int, default=80, help="frames per episode (default: %(default)s)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader num_workers to measure (default: 0 1 2)")
     p.add_argument("--batch_size", type=int, default=16, help="DataLoader batch size (default: %(default)s, training's per-GPU batch)")
-    p.add_argument("--samples", type=int, default=320, help="samples read per measurement (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=192,
+                   help="random samples (without repetition) read per measurement, at most episodes x length (default: %(default)s)")
     p.add_argument("--image_size", type=int, default=512, help="square side the images are resized to with padding (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every measurement; the median is reported (default: %(default)s)")
     p.add_argument("--lerobot_backends", nargs="*", default=["pyav", "torchcodec"],
                    help="LeRobotDataset video backends to measure, those that fail to load are reported and skipped; "
                    "none: skip lerobot (default: pyav torchcodec)")
     p.add_argument("--tmp_dir", default=None, help="where the temporary data goes (default: the system temp dir)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.samples > args.episodes * args.length or args.samples < args.batch_size * (max(args.workers) + 1):
+        p.error(f"--samples {args.samples} must be at most --episodes x --length = {args.episodes * args.length} and at "
+                f"least --batch_size x (max workers + 1) = {args.batch_size * (max(args.workers) + 1)}")
+    return args
 
 
 # ---- measurements (each runs in a fresh process) -------------------------------------------------------------
@@ -121,10 +129,13 @@ def ours(paths, indices, workers, batch_size, image_size) -> dict:
 
 
 def lerobot(root, indices, workers, batch_size, backend) -> dict:
+    import warnings
+
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from torch.utils.data import DataLoader
 
+    warnings.filterwarnings("ignore", message="The video decoding and encoding capabilities of torchvision")
     # lerobot-train's delta_timestamps for SmolVLA (chunk_size 50): action_delta_indices = range(50)
     dataset = LeRobotDataset("bench/insertion", root=root, video_backend=backend,
                              delta_timestamps={"action": [i / FPS for i in range(HORIZON)]})
@@ -193,8 +204,8 @@ def main(argv=None):
         if args.lerobot_backends:
             seconds = in_fresh_process(write_lerobot_dataset, paths, tmp / "lerobot")
             video_mb = mb(sum(p.stat().st_size for p in (tmp / "lerobot").rglob("*.mp4")))
-            print(f"LeRobotDataset written in {seconds:.0f} s: videos {video_mb:.1f} MB "
-                  f"(HDF5 JPEGs {mb(sum(p.stat().st_size for p in paths)):.1f} MB)")
+            print(f"LeRobotDataset written in {seconds:.0f} s: videos {video_mb:.1f} MiB "
+                  f"(HDF5 JPEGs {mb(sum(p.stat().st_size for p in paths)):.1f} MiB)")
             for backend in args.lerobot_backends:
                 problem = in_fresh_process(backend_works, tmp / "lerobot", backend)
                 if problem:
@@ -228,7 +239,7 @@ def main(argv=None):
                      mb(median([r["peak_total"] for r in results])), " / ".join(r["load"].split()[1] for r in results)])
     print()
     print_table(["loader", "workers", "samples/s", "per worker", "of limit", "samples/CPU-s", "of limit",
-                 "RSS before MB", "peak RSS main MB", "peak RSS worker MB", "peak RSS sum MB", "load (1 min) per repeat"],
+                 "RSS before MiB", "peak RSS main MiB", "peak RSS worker MiB", "peak RSS sum MiB", "load (1 min) per repeat"],
                 rows)
     print()
     for (name, workers), results in runs.items():

@@ -65,13 +65,13 @@ def main(argv=None):
         tmp = Path(tmp)
         paths = write_lowdim_episodes(tmp / "episodes", max(args.episodes), args.length)
         print(f"{machine()}; {max(args.episodes)} episodes x {args.length} frames written "
-              f"({mb(sum(p.stat().st_size for p in paths)):.1f} MB on disk); stats pinned to core {core}")
+              f"({mb(sum(p.stat().st_size for p in paths)):.1f} MiB on disk); stats pinned to core {core}")
         runs = {n: [] for n in args.episodes}
         for repeat in range(args.repeats):
             for n in args.episodes:
                 r = run_stats_cli(tmp / "episodes", n, tmp / f"stats_{n}.yaml", core)
                 print(f"repeat {repeat + 1}, {n} episodes: {r['wall']:.2f} s wall, {r['reported']:.2f} s reported, "
-                      f"{r['cpu']:.2f} CPU-s, peak RSS {mb(r['peak_rss']):.1f} MB ({r['load']})", flush=True)
+                      f"{r['cpu']:.2f} CPU-s, peak RSS {mb(r['peak_rss']):.1f} MiB ({r['load']})", flush=True)
                 runs[n].append(r)
 
     rows = []
@@ -84,12 +84,12 @@ def main(argv=None):
                      " / ".join(r["load"].split()[1] for r in results)])
     print()
     print_table(["episodes", "frames", "process wall s", "compute+write s (printed)", "CPU s", f"< {TARGET_SECONDS:.0f} s",
-                 "peak RSS MB", "state+action float32 MB", "load (1 min) per repeat"], rows)
+                 "peak RSS MiB", "state+action float32 MiB", "load (1 min) per repeat"], rows)
     if len(runs) > 1:
         (n0, r0), (n1, r1) = list(runs.items())[0], list(runs.items())[-1]
         growth = median([r["peak_rss"] for r in r1]) - median([r["peak_rss"] for r in r0])
         data = (n1 - n0) * args.length * 2 * 6 * 4
-        print(f"\npeak RSS growth {n0} -> {n1} episodes: {mb(growth):.1f} MB for {mb(data):.1f} MB more state+action "
+        print(f"\npeak RSS growth {n0} -> {n1} episodes: {mb(growth):.1f} MiB for {mb(data):.1f} MiB more state+action "
               f"(float32; the quantiles work on a float64 copy of one feature at a time)")
 
 

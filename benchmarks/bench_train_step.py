@@ -17,13 +17,16 @@ episodes written to a temp dir (3 cameras, JPEG with noise, resized with padding
   alone, so it is timed from outside: train() prints a line every log_freq steps and each line is
   timestamped as it is written; s/step = time between lines / log_freq (the first window, which holds the
   first step's allocations, is dropped; no checkpoint or validation falls inside a window). That time
-  includes reading the next batch; with --num_workers 0 loading is serial, so it is measured alone with the
-  loop's own loader (train.micro_batches, same config) and subtracted.
+  includes reading the next batch; on CPU with --num_workers 0 loading is serial, so it is measured alone
+  with the loop's own loader (train.micro_batches, same config) and subtracted. With workers (and on CUDA,
+  where the GPU runs queued work while the CPU loads) it overlaps and is not subtracted.
 - our loss alone: TrainingLoss(policy)(batch) + backward + AdamW step on the same prepared batch as bare, to
   show what the loss itself costs (a diagnostic, not the loop).
 
-Overhead = (ours - data loading) / bare. On CUDA, bf16 autocast (training.use_bfloat16) on both sides and
-the peak allocated GPU memory of each. Repeats are interleaved; medians are reported with the load.
+Overhead = ours (minus serial loading on CPU) / bare, judged on CPU time on a CPU (other jobs on a shared
+machine inflate wall time, not CPU time) and on wall time on CUDA (where CPU time is meaningless: the CPU
+spins while it waits for the GPU). On CUDA, bf16 autocast (training.use_bfloat16) on both sides and the peak
+allocated GPU memory of each. Repeats are interleaved; medians are reported with the machine's load.
 """
 
 import argparse
@@ -255,6 +258,7 @@ def main(argv=None):
         stats = load_stats(tmp / "stats.yaml")
         info = dist.setup(args.device)
         cuda = info.device.type == "cuda"
+        subtract_loading = args.num_workers == 0 and not cuda
         print(f"{torch.cuda.get_device_name(info.device) if cuda else machine()}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} CPU threads; VLM preset {args.preset}; batch {args.batch_size}, 3 cameras "
               f"{frame_w}x{frame_h} -> {args.image_size}x{args.image_size}; bf16 autocast: "
@@ -268,8 +272,9 @@ def main(argv=None):
             train_result = measure_train(make_config(tmp, args, f"out_{repeat}"), tmp, info.device)
             spreads += ", " + train_result.pop("spread")
             row.update(train_result)
-            # with workers the loop's loading overlaps the step; serial loading (0 workers) is taken out
-            row["ours_net"] = tuple(o - (l if args.num_workers == 0 else 0.0) for o, l in zip(row["ours"], row["loading"]))
+            # Serial loading (0 workers, CPU) is taken out. With workers it overlaps the step; on CUDA even serial
+            # loading overlaps the GPU's queued work, so subtracting it there would undercount the step.
+            row["ours_net"] = tuple(o - (l if subtract_loading else 0.0) for o, l in zip(row["ours"], row["loading"]))
             row["ours_net_mem"] = row["ours_mem"]
             row["load"] = f"{load_before.split()[1]}/{load_average().split()[1]}"
             rows.append(row)
@@ -277,19 +282,20 @@ def main(argv=None):
                   f"{row['prepare'][0]:.4f} s ({load_before} -> {load_average()})", flush=True)
 
     print(f"\npolicy: {rows[0]['params'] / 1e6:.1f} M parameters, {rows[0]['trainable'] / 1e6:.1f} M trainable; "
-          f"train()'s checkpoint_step_{args.steps}.pt {mb(rows[0]['checkpoint']):.1f} MB, final_hf {mb(rows[0]['export']):.1f} MB")
+          f"train()'s checkpoint_step_{args.steps}.pt {mb(rows[0]['checkpoint']):.1f} MiB, final_hf {mb(rows[0]['export']):.1f} MiB")
     table = []
     for name, key in (("bare lerobot: forward + backward + AdamW", "bare"),
                       ("our loss alone: TrainingLoss + backward + AdamW", "loss_only"),
                       ("ours: train() per step, as logged", "ours"),
-                      ("ours minus data loading" if args.num_workers == 0 else "ours (loading overlapped by workers)", "ours_net")):
+                      ("ours minus data loading" if subtract_loading else "ours (loading overlapped, not subtracted)", "ours_net")):
         wall, cpu = (median([r[key][i] for r in rows]) for i in (0, 1))
         table.append([name, f"{wall:.4f}", args.batch_size / wall, f"{median([r[key][0] / r['bare'][0] for r in rows]):.3f}x",
                       f"{cpu:.4f}", f"{median([r[key][1] / r['bare'][1] for r in rows]):.3f}x",
                       f"{mb(median([r[key + '_mem'] for r in rows])) / 1024:.2f}" if cuda else "-",
                       " ".join(r["load"] for r in rows)])
     for name, (kernel, wall) in rows[-1].get("busy", {}).items():
-        print(f"torch.profiler, {name}: GPU kernels {kernel:.4f} s per step of {wall:.4f} s wall ({100 * kernel / wall:.0f} % busy)")
+        print(f"torch.profiler, {name}: GPU kernels {kernel:.4f} s per step; {wall:.4f} s wall under the profiler, "
+              f"{rows[-1][name][0]:.4f} s without: the GPU is busy {100 * kernel / rows[-1][name][0]:.0f} % of an unprofiled step")
     print_table(["step", "s/step", "samples/s", "vs bare", "CPU s/step", "vs bare (CPU)", "peak GPU GiB",
                  "load before/after per repeat"], table)
     print(f"data loading alone (train.micro_batches, {args.num_workers} workers): "

@@ -85,13 +85,13 @@ def main(argv=None):
         dtypes = sorted({str(t.dtype) for t in model.values()})
 
     print(f"{machine()}; VLM preset {args.preset}; train() 1 step on CPU in {seconds:.0f} s ({load}); "
-          f"peak RSS {mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024):.0f} MB")
-    print(f"checkpoint_step_1.pt: {mb(size):.1f} MB ({size / 1e9:.3f} GB); checkpoint_latest.pt is a hard link to it")
-    print(f"  model state_dict: {n_params / 1e6:.1f} M values ({', '.join(dtypes)}), {mb(tensor_bytes(model)):.1f} MB")
+          f"peak RSS {mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024):.0f} MiB")
+    print(f"checkpoint_step_1.pt: {mb(size):.1f} MiB ({size / 1e9:.3f} GB); checkpoint_latest.pt is a hard link to it")
+    print(f"  model state_dict: {n_params / 1e6:.1f} M values ({', '.join(dtypes)}), {mb(tensor_bytes(model)):.1f} MiB")
     print(f"  AdamW state: exp_avg + exp_avg_sq of {n_trainable / 1e6:.1f} M trainable values, "
-          f"{mb(tensor_bytes(optimizer_state)):.1f} MB")
-    print(f"  rest (config, stats, loop state, file structure): {mb(size - tensor_bytes(model) - tensor_bytes(optimizer_state)):.1f} MB")
-    print(f"final_hf export (lerobot layout: model.safetensors, processors, VLM config/tokenizer): {mb(export):.1f} MB")
+          f"{mb(tensor_bytes(optimizer_state)):.1f} MiB")
+    print(f"  rest (config, stats, loop state, file structure): {mb(size - tensor_bytes(model) - tensor_bytes(optimizer_state)):.1f} MiB")
+    print(f"final_hf export (lerobot layout: model.safetensors, processors, VLM config/tokenizer): {mb(export):.1f} MiB")
 
 
 if __name__ == "__main__":
