@@ -18,7 +18,6 @@ from insertion_vla.config import load_config
 from insertion_vla.episodes import discover_episodes
 from insertion_vla.errors import exit_on_user_error
 from insertion_vla.stats import load_stats
-from insertion_vla.train import train
 
 
 def parse_args(argv=None):
@@ -50,6 +49,8 @@ def main():
         print(f"Config OK: {args.config}, {len(episodes)} episodes in {cfg['dataset']['root_dir']}, "
               f"stats {cfg['normalization']['stats_file'] if cfg['normalization']['enable'] else 'disabled'}")
         return
+    from insertion_vla.train import train  # torch + lerobot take seconds to import: config errors come first
+
     evaluate_fn = None
     if cfg["evaluation"]["enable"]:
         from evaluate_smolvla_sim import make_training_evaluator  # MuJoCo is needed only when evaluating

@@ -23,7 +23,20 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 "$PYTHON" "$HERE/train_smolvla_sim.py" --config "$CONFIG" --check_only "$@"
 
 echo "torchrun: $NNODES node(s) x $NUM_GPUS process(es), node rank $NODE_RANK, master $MASTER_ADDR:$MASTER_PORT, config $CONFIG"
-exec "$PYTHON" -m torch.distributed.run \
+# Preemption: SIGTERM or SIGUSR1 (e.g. SLURM's --signal=USR1@300) makes every worker finish its step; rank 0
+# writes checkpoint_latest.pt and all exit 0 (continue with --resume auto). torchrun itself would die of SIGUSR1,
+# turn SIGTERM into an error exit and SIGKILL workers still saving after 30 s, so it ignores both: this shell
+# forwards them to the workers, and a scheduler that signals every process of the job (SLURM) reaches them anyway.
+( trap '' TERM USR1
+  exec "$PYTHON" -m torch.distributed.run --signals_to_handle SIGINT,SIGHUP,SIGQUIT \
     --nnodes "$NNODES" --nproc_per_node "$NUM_GPUS" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    "$HERE/train_smolvla_sim.py" --config "$CONFIG" "$@"
+    "$HERE/train_smolvla_sim.py" --config "$CONFIG" "$@" ) &
+TORCHRUN=$!
+trap 'pkill -TERM -P "$TORCHRUN" || true' TERM
+trap 'pkill -USR1 -P "$TORCHRUN" || true' USR1
+while true; do
+    wait "$TORCHRUN" && status=0 || status=$?
+    kill -0 "$TORCHRUN" 2>/dev/null || break  # wait also returns when a signal arrives: torchrun still runs
+done
+exit "$status"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from insertion_vla.errors import UserError
-from insertion_vla.fileio import atomic_output, temp_path_for
+from insertion_vla.fileio import atomic_output
 
 STEP_FILE = re.compile(r"^checkpoint_step_(\d+)\.pt$")
 LATEST = "checkpoint_latest.pt"
@@ -30,26 +30,49 @@ def save_checkpoint(state: dict, ckpt_dir, step: int) -> Path:
     ckpt_dir = Path(ckpt_dir)
     path = step_path(ckpt_dir, step)
     try:
-        with atomic_output(path) as tmp:
-            torch.save(state, tmp)
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            _torch_save(state, f)
         link_or_copy(path, ckpt_dir / LATEST)
-    except OSError as err:
-        raise UserError(
-            f"cannot write checkpoint {path}: {err.strerror or err}. Free disk space or fix permissions of "
-            f"{ckpt_dir}; earlier checkpoints are intact and `--resume auto` continues from the newest."
-        ) from None
+    except UserError as err:  # names the file and the fix (disk full, unwritable directory)
+        raise UserError(f"{err} Earlier checkpoints are intact: `--resume auto` continues from the newest.") from None
     return path
+
+
+class _KeepOSError:
+    """A file for torch.save that remembers the OS error of a failed write: torch.save itself reports a full disk
+    or a file-size limit only as RuntimeError("... unexpected pos ...")."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+
+def _torch_save(state: dict, file):
+    writer = _KeepOSError(file)
+    try:
+        torch.save(state, writer)
+    except RuntimeError:
+        if writer.error is None:
+            raise
+        raise writer.error from None
 
 
 def link_or_copy(src: Path, dst: Path):
     """Atomically make dst the same content as src."""
-    tmp = temp_path_for(dst)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_output(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def load_checkpoint(path) -> dict:
@@ -65,7 +88,8 @@ def load_checkpoint(path) -> dict:
             "damaged or not one of ours; use an older checkpoint_step_N.pt from the same folder."
         ) from None
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
-        raise UserError(f"{path} is not a training checkpoint of this toolkit (no 'step'/'model' entries).")
+        raise UserError(f"{path} is not a training checkpoint of this toolkit (no 'step'/'model' entries). Pass a "
+                        "checkpoint_step_N.pt or checkpoint_latest.pt from OUTPUT_DIR/checkpoints.")
     return state
 
 

@@ -98,7 +98,11 @@ def build_policy(
     hub_names = [name for name in (policy_cfg["vlm_model_name"], pretrained) if name and not Path(name).is_dir()]
     for name in hub_names:
         if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, never a Hub id
-            raise UserError(f"{name!r} (policy.vlm_model_name / policy.pretrained_model_id) is not a directory")
+            raise UserError(
+                f"{name!r} (policy.vlm_model_name / policy.pretrained_model_id) is not a directory. Point it at an "
+                "existing folder (pretrained_model_id: a saved SmolVLA such as a run's checkpoints/final_hf; "
+                "vlm_model_name: a VLM's config and tokenizer), give a Hub id, or set pretrained_model_id: null."
+            )
     try:
         if pretrained is not None:
             # All weights, the VLM's included, come from the trained SmolVLA; config (features, sizes) is ours.

@@ -24,6 +24,7 @@ from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import discover_episodes, keys_from_config
 from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
+from insertion_vla.fileio import remove_stale_temporaries
 from insertion_vla.monitor import RunMonitor, format_train_line, format_val_line, system_metrics
 from insertion_vla.optim import lr_at, make_optimizer, set_lr
 from insertion_vla.plots import plot_loss_curves, plot_trajectories
@@ -43,6 +44,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     script passes it in).
     Returns the last logged metrics (rank 0).
     """
+    stop_requested = install_stop_handlers()  # from the start: a signal during setup stops after the first step
     info = dist.setup(cfg["training"]["device"])
     t_cfg, v_cfg = cfg["training"], cfg["validation"]
     out_dir = Path(cfg["output_dir"])
@@ -106,8 +108,9 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
 
     # ---- outputs ------------------------------------------------------------------------------------------
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        for directory in (out_dir, ckpt_dir, out_dir / "plots"):
+            remove_stale_temporaries(directory)  # half-written files of a killed run
+        save_config(cfg, out_dir / "config.yaml")  # creates output_dir, or says why it cannot
         if val_idx:
             write_validation_list(out_dir / "validation_episodes.txt", val_idx, paths)
     monitor = RunMonitor(cfg, out_dir, active=info.is_main, start_step=step, end_step=end_step,
@@ -122,7 +125,6 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     best_val = ckpt["best_val_loss"] if same_data else float("inf")
     autocast = make_autocast(info.device, t_cfg["use_bfloat16"])
     batches = micro_batches(train_set, info, t_cfg, cfg["seed"], epoch, batch_in_epoch)
-    stop_requested = install_stop_handlers()
 
     def checkpoint_state():
         return {
@@ -285,7 +287,7 @@ def micro_batches(dataset, info, t_cfg, seed, epoch, start_batch):
         order = list(sampler)[start_batch * t_cfg["batch_size"]:]
         loader = DataLoader(dataset, batch_size=t_cfg["batch_size"], sampler=order, drop_last=True,
                             num_workers=t_cfg["num_workers"], pin_memory=info.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed + epoch))
+                            generator=torch.Generator().manual_seed(seed + epoch), worker_init_fn=ignore_stop_signals)
         for i, batch in enumerate(loader, start=start_batch + 1):
             yield epoch, i, batch
         epoch, start_batch = epoch + 1, 0
@@ -297,12 +299,23 @@ def make_autocast(device, use_bfloat16):
     return contextlib.nullcontext
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def install_stop_handlers():
     """SIGTERM / SIGUSR1 (cluster preemption) ask for a checkpoint at the end of the current step."""
     received = []
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, frame: received.append(signum))
     return lambda: bool(received)
+
+
+def ignore_stop_signals(worker_id):
+    """In DataLoader workers: stopping is the training process's decision. SLURM signals every process of the job,
+    and torch's worker handler dies of a SIGTERM from anyone but its parent, which would fail the run before its
+    checkpoint. The workers still end with the training process (torch watches the parent)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def stats_to_lists(stats):
