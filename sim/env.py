@@ -12,7 +12,9 @@ Observation (exactly what the recorder stores, before JPEG):
   ee_pose  float32 (6,): needle-tip pose in the robot base frame (= world frame): x, y, z in m, then
            rx, ry, rz in rad = mobile XYZ Euler angles of the tip frame, R = Rx(rx) Ry(ry) Rz(rz) (the Meca500's
            own pose convention). The tip frame's z axis runs along the needle towards the tip; its x and y axes
-           are the flange's turned 180 deg about z, which keeps rz near 0 over the workspace (no +/-180 wrap).
+           are the flange's turned -90 deg about z, which centres rz on 0 over the workspace. Over the
+           placement ranges rx stays within about [-150, -134] deg, ry within +/-17 deg, rz within +/-76 deg:
+           no angle comes near the +/-180 deg wrap.
            Computed from the true (noise-free) state.
 The action is the commanded joint positions (rad), clipped to the joint limits and held by position servos
 for the frame (40 physics steps of 1/600 s).

@@ -23,7 +23,7 @@ TASK_INSTRUCTION = "Insert needle into eye trocar in simulation"
 EE_POSE_CONVENTION = (
     "needle-tip pose in the robot base frame: x, y, z in m, then rx, ry, rz in rad, "
     "mobile XYZ Euler angles R = Rx(rx) Ry(ry) Rz(rz) of the tip frame (z along the needle towards the tip, "
-    "x and y the flange's turned 180 deg about z)"
+    "x and y the flange's turned -90 deg about z)"
 )
 
 

@@ -37,6 +37,7 @@ INSERTION_DEPTH = 0.0275  # m, from the entry site along the trocar axis
 HOLDER_LENGTH = 0.035  # m, flange to needle base
 NEEDLE_LENGTH = 0.040  # m
 TOOL_LENGTH = HOLDER_LENGTH + NEEDLE_LENGTH  # flange to needle tip along the flange z axis
+TIP_FRAME_QUAT = quat_from_rotvec(np.array([0.0, 0.0, -np.pi / 2]))  # tip frame in the flange frame
 
 # Servo stiffness (N m / rad) and rotor inertia reflected through the gearbox (kg m^2): stiff enough that the
 # arm settles on each 15 Hz command well inside a frame (tip tracking error < 1 mm, see the tests).
@@ -105,9 +106,9 @@ def _robot_xml() -> str:
         ' material="trocar"/>'
         f'<geom type="cylinder" fromto="0 0 {HOLDER_LENGTH} 0 0 {TOOL_LENGTH}" size="0.0006" material="needle"/>'
         f'<site name="{BACK_SITE}" pos="0 0 {HOLDER_LENGTH}" size="0.001"/>'
-        # Tip frame: z along the needle; x, y turned 180 deg from the flange's so that the ee_pose Euler angle rz
-        # stays near 0 (far from the +/-180 deg wrap) over the whole workspace.
-        f'<site name="{TIP_SITE}" pos="0 0 {TOOL_LENGTH}" quat="0 0 0 1" size="0.001"/>'
+        # Tip frame: z along the needle; x, y turned -90 deg about z from the flange's, which centres the ee_pose
+        # Euler angle rz on 0 over the workspace (within about +/-75 deg, far from the +/-180 deg wrap).
+        f'<site name="{TIP_SITE}" pos="0 0 {TOOL_LENGTH}" quat="{_fmt(TIP_FRAME_QUAT)}" size="0.001"/>'
         f'<geom type="box" pos="{_fmt(TOOL_CAMERA_POSITION)}" size="0.008 0.006 0.006" material="robot_dark"/>'
         f'<camera name="tool_camera" pos="{_fmt(TOOL_CAMERA_POSITION)}" fovy="70" xyaxes="'
         f'{_fmt(look_at_xyaxes(TOOL_CAMERA_POSITION, TOOL_CAMERA_TARGET, (1.0, 0.0, 0.0)))}"/>'

@@ -8,7 +8,7 @@ import pytest
 
 from sim.env import NeedleInsertionEnv
 from sim.expert import DampedLeastSquaresIK, ExpertPlan, ScriptedExpert, minimum_jerk
-from sim.kinematics import JOINT_LIMITS
+from sim.kinematics import JOINT_LIMITS, euler_xyz_from_matrix
 from sim.randomization import PhantomPlacement
 from sim.scene import HOME_QPOS_DEG
 
@@ -72,6 +72,9 @@ def test_expert_reaches_every_corner_of_the_placement_ranges():
             q = new_q
             tip, needle = ik.tip_pose(q)
             assert np.linalg.norm(tip - position) < 1e-4, f"waypoint unreachable at corner {(dx, dy, yaw)}"
+            # The ee_pose Euler angles stay clear of the +/-180 deg wrap and of the ry = +/-90 deg singularity.
+            angles = np.degrees(euler_xyz_from_matrix(ik.data.site_xmat[ik.site_id].reshape(3, 3)))
+            assert np.all(180 - np.abs(angles) > 25) and abs(angles[1]) < 45, f"ee_pose angles {angles}"
         assert np.all(q > JOINT_LIMITS[:, 0] + np.deg2rad(5)) and np.all(q < JOINT_LIMITS[:, 1] - np.deg2rad(5))
         assert np.linalg.norm(tip - target) < 1e-5 and np.degrees(np.arccos(min(1.0, needle @ axis))) < 0.01
 
