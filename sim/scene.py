@@ -190,7 +190,7 @@ def scene_xml(width: int, height: int) -> str:
   <size memory="4M"/>
   <visual>
     <global offwidth="{max(width, 640)}" offheight="{max(height, 480)}"/>
-    <quality shadowsize="1024"/>
+    <quality shadowsize="1024" offsamples="4"/>  <!-- shadow map set explicitly: 4096 is 2-3x slower on CPU -->
     <headlight ambient="0.25 0.25 0.25" diffuse="0.2 0.2 0.2" specular="0 0 0"/>
     <map znear="0.005" zfar="5" shadowscale="0.35"/>
   </visual>
