@@ -83,6 +83,14 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, wrong format, pickled code: all unusable the same way
+        refused = str(err).partition("WeightsUnpickler error: ")[2]
+        if refused:  # torch's own advice (weights_only=False) would run whatever the file holds
+            raise UserError(
+                f"checkpoint {path} cannot be loaded: it holds pickled Python objects "
+                f"({refused.split(' was not an allowed', 1)[0].splitlines()[0][:200]}) that could run code when loaded. "
+                "Checkpoints of this toolkit hold only tensors and plain values: use a checkpoint_step_N.pt "
+                "written by train_smolvla_sim.py."
+            ) from None
         raise UserError(
             f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). It is "
             "damaged or not one of ours; use an older checkpoint_step_N.pt from the same folder."
