@@ -244,6 +244,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
             monitor.print(f"Stop signal received: checkpoint written at step {step}; continue with --resume auto.")
             break
 
+    batches.close()  # stop the DataLoader's workers now: left to garbage collection they can block the exit
     if step == end_step and info.is_main:
         final = export_pretrained(policy, preprocessor, postprocessor, ckpt_dir / "final_hf")
         monitor.print(f"Exported {final} (load with SmolVLAPolicy.from_pretrained)")
