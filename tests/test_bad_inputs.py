@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from episode_files import write_dataset, write_episode
+from episode_files import write_episode
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
 from train_runs import ROOT, env, make_run_dir, train
 
@@ -27,7 +27,6 @@ from train_runs import ROOT, env, make_run_dir, train
 class Base:
     """A good setup every row starts from: episodes, their stats, a config and a trained 1-step checkpoint."""
 
-    dir: Path
     config: Path
     data: Path
     stats: Path
@@ -40,7 +39,7 @@ def base(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
     config = make_run_dir(tmp, tiny_vlm_dir, n_episodes=3, length=12,
                           training={"steps": 1, "save_freq": 1}, validation={"enable": False})
     train(config)
-    return Base(tmp, config, tmp / "data", tmp / "stats.yaml", tmp / "out" / "checkpoints" / "checkpoint_step_1.pt")
+    return Base(config, tmp / "data", tmp / "stats.yaml", tmp / "out" / "checkpoints" / "checkpoint_step_1.pt")
 
 
 # ---- commands -------------------------------------------------------------------------------------------------
