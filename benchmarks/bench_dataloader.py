@@ -17,9 +17,11 @@ Full-size data: 3 cameras, 640x480 JPEG q95 with Gaussian noise (std 5) baked in
 Every measurement runs in a fresh process (peak RSS is its own) and starts timing once each worker has
 delivered a batch (steady state); the machine's load is printed beside it. Beside samples/s (wall clock, which
 drops when other jobs share the cores) it reports samples per CPU-second of the main process and its workers
-over the whole run (which does not): the per-core efficiency the "per worker" target is about. Peak RSS: of
+over the whole run (which drops less): the per-core efficiency the "per worker" target is about. Peak RSS: of
 the main process, of the largest worker, and the largest sum over the process tree (an upper bound: pages
-shared between processes count in each). Repeats are interleaved and the median is reported.
+shared between processes count in each). Repeats are interleaved; throughput is given as the median and the
+best of the repeats (other jobs only ever slow a run down, so the best is nearest the code's own speed), RSS
+as the median.
 """
 
 import argparse
@@ -226,21 +228,23 @@ def main(argv=None):
                     runs.setdefault((f"LeRobotDataset video, {backend}", w), []).append(
                         in_fresh_process(lerobot, tmp / "lerobot", indices, w, args.batch_size, backend))
 
-    limit = median([r["samples_per_s"] for r in runs[(LIMIT, 0)]])
-    cpu_limit = median([r["samples_per_cpu_s"] for r in runs[(LIMIT, 0)]])
+    # Other jobs on a shared machine only ever slow a run down: the best of the repeats is the code's own speed,
+    # the median what one run typically got. "of limit" compares bests.
+    limit = max(r["samples_per_s"] for r in runs[(LIMIT, 0)])
+    cpu_limit = max(r["samples_per_cpu_s"] for r in runs[(LIMIT, 0)])
     rows = []
     for (name, workers), results in runs.items():
-        rate = median([r["samples_per_s"] for r in results])
-        per_worker = rate / max(1, workers)
-        per_cpu = median([r["samples_per_cpu_s"] for r in results])
-        rows.append([name, workers if "bare" not in name else "-", rate, per_worker, f"{100 * per_worker / limit:.0f} %",
-                     per_cpu, f"{100 * per_cpu / cpu_limit:.0f} %", mb(median([r["rss_before"] for r in results])),
-                     mb(median([r["peak_self"] for r in results])), mb(median([r["peak_child"] for r in results])),
-                     mb(median([r["peak_total"] for r in results])), " / ".join(r["load"].split()[1] for r in results)])
+        rates, per_cpu = [r["samples_per_s"] for r in results], [r["samples_per_cpu_s"] for r in results]
+        per_worker = max(rates) / max(1, workers)
+        rows.append([name, workers if "bare" not in name else "-", median(rates), max(rates), per_worker,
+                     f"{100 * per_worker / limit:.0f} %", median(per_cpu), max(per_cpu), f"{100 * max(per_cpu) / cpu_limit:.0f} %",
+                     mb(median([r["rss_before"] for r in results])), mb(median([r["peak_self"] for r in results])),
+                     mb(median([r["peak_child"] for r in results])), mb(median([r["peak_total"] for r in results])),
+                     " / ".join(r["load"].split()[1] for r in results)])
     print()
-    print_table(["loader", "workers", "samples/s", "per worker", "of limit", "samples/CPU-s", "of limit",
-                 "RSS before MiB", "peak RSS main MiB", "peak RSS worker MiB", "peak RSS sum MiB", "load (1 min) per repeat"],
-                rows)
+    print_table(["loader", "workers", "samples/s median", "best", "best per worker", "of limit", "samples/CPU-s median",
+                 "best", "of limit", "RSS before MiB", "peak RSS main MiB", "peak RSS worker MiB", "peak RSS sum MiB",
+                 "load (1 min) per repeat"], rows)
     print()
     for (name, workers), results in runs.items():
         if "sample" in results[0] and workers == args.workers[0]:
