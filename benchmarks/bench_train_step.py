@@ -22,6 +22,8 @@ episodes written to a temp dir (3 cameras, JPEG with noise, resized with padding
   where the GPU runs queued work while the CPU loads) it overlaps and is not subtracted.
 - our loss alone: TrainingLoss(policy)(batch) + backward + AdamW step on the same prepared batch as bare, to
   show what the loss itself costs (a diagnostic, not the loop).
+- bare on a new batch each step: prepare_batch of the next loaded batch + the bare step (a diagnostic: what
+  a fresh batch costs, without the loop's bookkeeping).
 
 Overhead = ours (minus serial loading on CPU) / bare, judged on CPU time on a CPU (other jobs on a shared
 machine inflate wall time, not CPU time) and on wall time on CUDA (where CPU time is meaningless: the CPU
@@ -195,6 +197,16 @@ def measure_bare_and_loss(cfg, stats, args, info) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    fresh = iter(range(10**9))
+
+    def bare_fresh_step():  # bare, but each step prepares the next of the loaded batches, as the loop does
+        fresh_batch = prepare_batch(raws[next(fresh) % len(raws)], preprocessor, info.device)
+        with autocast():
+            loss, _ = policy.forward(fresh_batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def loss_step():
         with autocast():
             losses = objective(batch, cfg["training"]["lambda_temporal"])
@@ -202,9 +214,10 @@ def measure_bare_and_loss(cfg, stats, args, info) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timed.update(time_steps({"bare": bare_step, "loss_only": loss_step}, args.bare_steps, args.warmup, info.device))
+    timed.update(time_steps({"bare": bare_step, "loss_only": loss_step, "bare_fresh": bare_fresh_step},
+                            args.bare_steps, args.warmup, info.device))
     result = {name: (median(wall), median(cpu)) for name, (wall, cpu, _) in timed.items()}
-    result.update({f"{name}_mem": timed[name][2] for name in ("bare", "loss_only")})
+    result.update({f"{name}_mem": timed[name][2] for name in ("bare", "loss_only", "bare_fresh")})
     result["spread"] = f"bare {spread(timed['bare'][0])} s, loss only {spread(timed['loss_only'][0])} s"
     if args.profile and info.device.type == "cuda":
         result["busy"] = {name: gpu_busy(fn, 3, info.device) for name, fn in (("bare", bare_step), ("loss_only", loss_step))}
@@ -286,6 +299,7 @@ def main(argv=None):
     table = []
     for name, key in (("bare lerobot: forward + backward + AdamW", "bare"),
                       ("our loss alone: TrainingLoss + backward + AdamW", "loss_only"),
+                      ("bare on a new batch each step: prepare_batch + bare", "bare_fresh"),
                       ("ours: train() per step, as logged", "ours"),
                       ("ours minus data loading" if subtract_loading else "ours (loading overlapped, not subtracted)", "ours_net")):
         wall, cpu = (median([r[key][i] for r in rows]) for i in (0, 1))
