@@ -23,7 +23,9 @@ step 3 "Build the tiny offline VLM"
 $PY -m insertion_vla.tiny_vlm "$OUT/tiny_vlm"
 
 step 4 "Train with validation: 2 CPU processes through train_smolvla_sim.sh (gloo)"
-NUM_GPUS=2 CONFIG="$CONFIG" PYTHON=$PY bash train_smolvla_sim.sh
+# a free port rather than the launcher's default 29501, in case another job on this machine holds it
+MASTER_PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
+    NUM_GPUS=2 CONFIG="$CONFIG" PYTHON=$PY bash train_smolvla_sim.sh
 
 step 5 "Resume from the middle checkpoint with a fresh schedule (the fine-tune path): --reset_scheduler --steps 100 --lr 0.0003"
 $PY train_smolvla_sim.py --config "$CONFIG" --resume "$OUT/train/checkpoints/checkpoint_step_200.pt" \
