@@ -8,7 +8,9 @@ carrying RNG states around.
 
 import contextlib
 import math
+import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -312,11 +314,22 @@ def install_stop_handlers():
 
 
 def ignore_stop_signals(worker_id):
-    """In DataLoader workers: stopping is the training process's decision. SLURM signals every process of the job,
-    and torch's worker handler dies of a SIGTERM from anyone but its parent, which would fail the run before its
-    checkpoint. The workers still end with the training process (torch watches the parent)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """DataLoader worker_init_fn: stop signals from anyone but the training process are ignored.
+
+    Stopping is the training process's decision, but SLURM signals every process of the job, and torch's worker
+    handler dies of a SIGTERM not sent by its parent, failing the run before its checkpoint. A SIGTERM from the
+    parent (multiprocessing's terminate) still ends the worker, as torch's handler does. Python handlers cannot see
+    the sender, so the signals are blocked (threads started later inherit that) and taken by a thread.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_exit_on_stop_signal_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_on_stop_signal_from(parent: int):
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
 
 
 def stats_to_lists(stats):

@@ -8,6 +8,7 @@ run) so that a checkpoint is ~30 MB and its write takes long enough to be caught
 
 import ast
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -23,9 +24,11 @@ import psutil
 import pytest
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
 from test_ddp import free_port
+from torch.utils.data import DataLoader
 from train_runs import ROOT, assert_same_weights, env, load, make_run_dir, train
 
 from insertion_vla.checkpoint import find_resume_checkpoint
+from insertion_vla.train import ignore_stop_signals
 
 SMOLVLM2_VOCAB = 49280
 
@@ -264,6 +267,19 @@ def stopped_at(run: Run) -> int:
     lines = [line for line in run.lines if "Stop signal received: checkpoint written at step" in line]
     assert len(lines) == 1, run.output[-4000:]
     return int(lines[0].split("at step ", 1)[1].split(";", 1)[0])
+
+
+def test_dataloader_workers_ignore_stop_signals_except_their_parents_terminate():
+    loader = DataLoader(list(range(8)), batch_size=2, num_workers=1, worker_init_fn=ignore_stop_signals)
+    batches = iter(loader)
+    assert next(batches).tolist() == [0, 1]
+    [worker] = multiprocessing.active_children()
+    for sig in ("-TERM", "-USR1"):  # sent by another process, as SLURM sends them to every process of a job
+        subprocess.run(["kill", sig, str(worker.pid)], check=True)
+    assert next(batches).tolist() == [2, 3]  # the worker ran again: it took the signals and lived
+    worker.terminate()  # its parent's SIGTERM: multiprocessing's exit-time cleanup, torch's shutdown
+    worker.join(timeout=60)
+    assert worker.exitcode == 0
 
 
 def test_preemption_signals_with_torchrun_stop_every_rank_at_one_step_then_resume(two_processes, tmp_path):
