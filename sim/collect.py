@@ -242,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         max_attempts=args.max_attempts,
         max_episode_seconds=args.max_episode_seconds,
     )
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create the output directory {args.out}: {err.strerror}. Give --out a writable "
+              "directory path.", file=sys.stderr)
+        return 1
     outcomes = collect(settings, args.episodes, args.workers)
     saved = sum(o.saved for o in outcomes)
     attempts = sum(o.attempts for o in outcomes)
