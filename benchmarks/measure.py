@@ -78,10 +78,18 @@ def rss_now() -> int:
     return psutil.Process().memory_info().rss
 
 
+def _call_with_fork_default(fn, args, kwargs):
+    # A spawned process inherits "spawn" as its default start method; training runs in a plain process, whose
+    # DataLoader workers are forked (Linux default), so the measured process forks them too.
+    multiprocessing.set_start_method("fork", force=True)
+    return fn(*args, **kwargs)
+
+
 def in_fresh_process(fn, *args, **kwargs):
-    """fn(*args, **kwargs) in a new spawned Python process, so its peak RSS is its own. Returns fn's result."""
+    """fn(*args, **kwargs) in a new spawned Python process, so its peak RSS is its own; processes it starts
+    (DataLoader workers) are forked from it, as in training. Returns fn's result."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+        return pool.submit(_call_with_fork_default, fn, args, kwargs).result()
 
 
 def median(values):
