@@ -53,7 +53,7 @@ def main():
 
     evaluate_fn = None
     if cfg["evaluation"]["enable"]:
-        from evaluate_smolvla_sim import make_training_evaluator  # MuJoCo is needed only when evaluating
+        from evaluation.training_hook import make_training_evaluator  # MuJoCo is needed only when evaluating
 
         evaluate_fn = make_training_evaluator(cfg)
     train(cfg, resume=args.resume, reset_scheduler=args.reset_scheduler, evaluate_fn=evaluate_fn)

@@ -1,5 +1,6 @@
-"""evaluate_smolvla_sim.py: closed-loop episodes in the real simulator with the scripted expert and a real tiny
-SmolVLA trained for a few steps; the CLI's report, video and offline mode; the training callback.
+"""evaluation/ and its command line evaluate_smolvla_sim.py: closed-loop episodes in the real simulator with the
+scripted expert and a real tiny SmolVLA trained for a few steps; the CLI's report, video and offline mode; the
+training callback.
 
 (The environment's own API and determinism per seed are tested in test_sim_env.py.)
 """
@@ -21,6 +22,12 @@ from fixtures_policy import tiny_vlm_dir  # noqa: F401
 from train_runs import ROOT, env, make_run_dir, train
 
 import evaluate_smolvla_sim as ev
+from evaluation.drivers import ExpertDriver
+from evaluation.offline import recorded_episode_paths
+from evaluation.policy_io import COLLECTOR_JPEG_QUALITY, load_policy, observation_batch, policy_inputs
+from evaluation.report import Z_95, summarize, summary_lines, wilson_interval
+from evaluation.rollout import EVAL_BASE_SEED, evaluation_seeds, make_env, run_episode, run_episodes
+from evaluation.training_data import check_seeds_disjoint, training_data_facts
 from insertion_vla.config import defaults
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
@@ -62,43 +69,43 @@ def run_dir(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def sim_env():
-    environment = ev.make_env(WIDTH, HEIGHT)
+    environment = make_env(WIDTH, HEIGHT)
     yield environment
     environment.close()
 
 
 @pytest.fixture(scope="module")
 def exported(run_dir):
-    return ev.load_policy(run_dir / "out" / "checkpoints" / "final_hf", "cpu")
+    return load_policy(run_dir / "out" / "checkpoints" / "final_hf", "cpu")
 
 
 def test_wilson_interval():
-    lo, hi = ev.wilson_interval(5, 10)
+    lo, hi = wilson_interval(5, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
-    assert ev.wilson_interval(0, 10)[0] == 0.0 and ev.wilson_interval(10, 10)[1] == pytest.approx(1.0)
-    z2 = ev.Z_95**2
-    assert ev.wilson_interval(0, 10)[1] == pytest.approx(z2 / (10 + z2))  # closed form at 0 successes
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    z2 = Z_95**2
+    assert wilson_interval(0, 10)[1] == pytest.approx(z2 / (10 + z2))  # closed form at 0 successes
 
 
 def test_expert_through_the_evaluator_succeeds_and_is_deterministic(sim_env):
-    seeds = ev.evaluation_seeds(ev.EVAL_BASE_SEED, 2)
-    results = ev.run_episodes(sim_env, ev.ExpertDriver(), seeds)
-    assert [r.seed for r in results] == [episode_seed(ev.EVAL_BASE_SEED, i) for i in range(2)]
+    seeds = evaluation_seeds(EVAL_BASE_SEED, 2)
+    results = run_episodes(sim_env, ExpertDriver(), seeds)
+    assert [r.seed for r in results] == [episode_seed(EVAL_BASE_SEED, i) for i in range(2)]
     for r in results:
         assert r.success, r
         assert r.final_tip_error_mm < 1.0 and r.final_axis_error_deg < 2.0
         assert r.time_to_success_s == pytest.approx(r.steps / 15.0)
     assert results[0].phantom_dx_mm != results[1].phantom_dx_mm  # two different scenes
-    again = ev.run_episode(sim_env, ev.ExpertDriver(), 0, seeds[0])
+    again = run_episode(sim_env, ExpertDriver(), 0, seeds[0])
     assert (again.steps, again.final_tip_error_mm) == (results[0].steps, results[0].final_tip_error_mm)
-    summary = ev.summarize(results)
-    assert summary["successes"] == 2 and ev.summary_lines(summary)[-1].startswith("Success rate: 2/2 (100.0 %")
+    summary = summarize(results)
+    assert summary["successes"] == 2 and summary_lines(summary)[-1].startswith("Success rate: 2/2 (100.0 %")
 
 
 def test_policy_sees_what_training_reads_from_a_recorded_episode(sim_env, exported, tmp_path):
     """The evaluator's input for an observation == the dataset's sample of the same frame recorded by sim/."""
     observation, _ = sim_env.reset(seed=7)
-    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=ev.COLLECTOR_JPEG_QUALITY)
+    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=COLLECTOR_JPEG_QUALITY)
     recorder.add(observation, np.zeros(6, np.float32), timestamp=0.0)
     recorder.write(tmp_path / "episode.h5", {})
     dataset_cfg = exported.train_cfg["dataset"]
@@ -106,8 +113,8 @@ def test_policy_sees_what_training_reads_from_a_recorded_episode(sim_env, export
     sample = EpisodeDataset([tmp_path / "episode.h5"], keys_from_config(dataset_cfg), horizon=50,
                             image_size=(side, side), task_instruction=dataset_cfg["task_instruction"])[0]
 
-    inputs = ev.policy_inputs(exported.policy, dataset_cfg)
-    batch = ev.observation_batch(observation, inputs)
+    inputs = policy_inputs(exported.policy, dataset_cfg)
+    batch = observation_batch(observation, inputs)
     assert sorted(k for k in batch if k.startswith("observation.images.")) == sorted(exported.policy.config.image_features)
     for key in exported.policy.config.image_features:
         assert batch[key].shape == (1, 3, side, side)
@@ -127,7 +134,7 @@ def test_policy_cli_end_to_end_writes_report_csv_and_video(run_dir, tmp_path, ca
 
     report, rows = read_report(out)
     assert report["settings"]["width"] == WIDTH and report["settings"]["n_action_steps"] == 10
-    assert [r["seed"] for r in report["episodes"]] == [episode_seed(ev.EVAL_BASE_SEED, i) for i in range(2)]
+    assert [r["seed"] for r in report["episodes"]] == [episode_seed(EVAL_BASE_SEED, i) for i in range(2)]
     assert len(rows) == 2 and [int(r["seed"]) for r in rows] == report["settings"]["seeds"]
     for episode in report["episodes"]:
         assert episode["steps"] == 30 or episode["success"]  # 2 s at 15 Hz unless it succeeded
@@ -137,7 +144,7 @@ def test_policy_cli_end_to_end_writes_report_csv_and_video(run_dir, tmp_path, ca
     assert report["summary"]["tip_error_mm"]["worst"] == pytest.approx(max(tips))
 
     videos = sorted((out / "videos").glob("*.mp4"))
-    assert [v.name for v in videos] == [f"episode_000_seed_{episode_seed(ev.EVAL_BASE_SEED, 0)}.mp4"]
+    assert [v.name for v in videos] == [f"episode_000_seed_{episode_seed(EVAL_BASE_SEED, 0)}.mp4"]
     assert report["episodes"][0]["video"] == str(videos[0]) and report["episodes"][1]["video"] is None
     reader = imageio.get_reader(videos[0], format="FFMPEG")
     assert reader.get_meta_data()["size"] == (3 * WIDTH, HEIGHT)
@@ -198,17 +205,17 @@ def test_clear_errors(exported, tmp_path, capsys):
 
     real_cameras = {**defaults()["dataset"], "cameras": {"zed_left": "camera1", "oak_wrist": "camera2", "zed_top": "camera3"}}
     with pytest.raises(UserError, match=r"\['oak_wrist', 'zed_left', 'zed_top'\] do not exist there"):
-        ev.policy_inputs(exported.policy, real_cameras)
+        policy_inputs(exported.policy, real_cameras)
     two_cameras = {**defaults()["dataset"], "cameras": {"side_camera": "camera1", "top_camera": "camera3"}}
     with pytest.raises(UserError, match="image inputs are"):
-        ev.policy_inputs(exported.policy, two_cameras)
+        policy_inputs(exported.policy, two_cameras)
     with pytest.raises(UserError, match="state of 6 values"):
-        ev.policy_inputs(exported.policy, {**defaults()["dataset"], "use_qpos": True})
+        policy_inputs(exported.policy, {**defaults()["dataset"], "use_qpos": True})
 
     listing = tmp_path / "validation_episodes.txt"
     listing.write_text("# episode_index\tfile\n0\tnowhere/episode_0000.h5\n")
     with pytest.raises(UserError, match="files not found"):
-        ev.recorded_episode_paths(listing)
+        recorded_episode_paths(listing)
 
 
 def test_an_evaluation_seed_used_by_the_training_collection_is_refused(tmp_path):
@@ -216,9 +223,9 @@ def test_an_evaluation_seed_used_by_the_training_collection_is_refused(tmp_path)
     data.mkdir()
     path = write_episode(data / "episode_000000.h5", length=3)
     with h5py.File(path, "a") as f:
-        f.attrs["base_seed"] = ev.EVAL_BASE_SEED
-    facts = ev.training_data_facts({**defaults()["dataset"], "root_dir": str(data)})
+        f.attrs["base_seed"] = EVAL_BASE_SEED
+    facts = training_data_facts({**defaults()["dataset"], "root_dir": str(data)})
     assert facts["image_size"] == (64, 48)
-    with pytest.raises(UserError, match=f"--seed {ev.EVAL_BASE_SEED}: the training episodes"):
-        ev.check_seeds_disjoint(ev.EVAL_BASE_SEED, facts)
-    assert ev.check_seeds_disjoint(0, facts).startswith("checked")
+    with pytest.raises(UserError, match=f"--seed {EVAL_BASE_SEED}: the training episodes"):
+        check_seeds_disjoint(EVAL_BASE_SEED, facts)
+    assert check_seeds_disjoint(0, facts).startswith("checked")
