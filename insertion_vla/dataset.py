@@ -87,6 +87,10 @@ class EpisodeDataset(Dataset):
         self._starts = np.concatenate([[0], np.cumsum(self.lengths)]).tolist()
         self._open = OrderedDict()
         self._pid = os.getpid()
+        # The loader parallelizes over DataLoader workers; a per-core OpenCV pool in each of them oversubscribes
+        # the CPU (3x slower loading on a GPU node). Set here, in the parent: changing the pool in a forked
+        # worker can deadlock on the parent's pool state.
+        cv2.setNumThreads(1)
 
     def __len__(self):
         return self._starts[-1]

@@ -161,13 +161,13 @@ class Episode:
             raise EpisodeFormatError(f"{self.path}: cannot read camera '{camera}' frame {t} ({err}); the file is damaged.") from None
         if ds.ndim == 4:
             return data
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if bgr is None:
+        rgb = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)  # decoded straight to RGB: no separate conversion pass
+        if rgb is None:
             raise EpisodeFormatError(
                 f"{self.path}: camera '{camera}' frame {t} is not a decodable JPEG ({len(data)} bytes). "
                 "Re-record the episode or remove it."
             )
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return rgb
 
     def task(self, task_instruction: str | None) -> str:
         """The instruction: the config's when set, else the episode's `task` attribute."""
