@@ -59,15 +59,13 @@ def barrier():
         dist.barrier()
 
 
-def mean_over_ranks(values: dict, device) -> dict:
-    """{name: float} averaged over all ranks (one all_reduce for the whole dict)."""
-    if not dist.is_initialized() or not values:
-        return dict(values)
-    names = sorted(values)
-    t = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(names, t.tolist()))
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise mean of a tensor over all ranks (one all_reduce)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
 
 
 def sum_over_ranks(values: list, device) -> list:
@@ -76,15 +74,6 @@ def sum_over_ranks(values: list, device) -> list:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank when it is true on any: ranks agree on when to stop."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def gather_lists(items: list) -> list:

@@ -36,6 +36,7 @@ from insertion_vla.stats import check_stats_match, load_stats
 from insertion_vla.validation import predict_episode, split_episodes, validate, validation_subset, write_validation_list
 
 CHECKPOINT_FORMAT = 1
+LOSS_NAMES = ("loss", "action_loss", "temporal_loss")
 
 
 def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False, evaluate_fn=None) -> dict:
@@ -158,7 +159,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
         lr = lr_at(step, schedule_start, cfg["optimizer"]["lr"], cfg["scheduler"])
         set_lr(optimizer, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step * 1009 + info.rank)  # noise and time of this step
-        sums = {"loss": 0.0, "action_loss": 0.0, "temporal_loss": 0.0}
+        loss_sums = torch.zeros(len(LOSS_NAMES), device=info.device)
         episodes, frames = [], []
         for micro in range(t_cfg["gradient_accumulation_steps"]):
             epoch, batch_in_epoch, raw = next(batches)
@@ -169,19 +170,23 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
                 with autocast():
                     losses = objective(batch, t_cfg["lambda_temporal"])
                 (losses["loss"] / t_cfg["gradient_accumulation_steps"]).backward()
-            for k in sums:
-                sums[k] += losses[k].item() / t_cfg["gradient_accumulation_steps"]
+            loss_sums += torch.stack([losses[k].detach().float() for k in LOSS_NAMES]) / t_cfg["gradient_accumulation_steps"]
             episodes += raw["episode_index"].tolist()
             frames += raw["frame_index"].tolist()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["optimizer"]["grad_clip_norm"]).item()
-        finite = not dist.any_rank(not all(map(math.isfinite, [*sums.values(), grad_norm])), info.device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["optimizer"]["grad_clip_norm"])
+        # One host sync per step: the losses averaged over ranks, the gradient norm (already equal on every rank)
+        # and the stop votes. A NaN/Inf on any rank makes the mean non-finite everywhere, so all ranks skip the
+        # same steps, and every rank stops after the same step.
+        *step_losses, grad_norm, stop_votes = dist.mean_over_ranks(torch.cat([
+            loss_sums, grad_norm.reshape(1).float(), torch.tensor([float(stop_requested())], device=info.device)])).tolist()
+        finite, stop = all(map(math.isfinite, [*step_losses, grad_norm])), stop_votes > 0
         if finite:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         window_steps += 1
 
-        step_metrics = dist.mean_over_ranks({f"train/{k}": v for k, v in sums.items()}, info.device)
+        step_metrics = {f"train/{name}": value for name, value in zip(LOSS_NAMES, step_losses)}
         if finite:
             nonfinite_in_a_row = 0
             is_spike, avg, ratio = spikes.update(step_metrics["train/loss"])
@@ -239,7 +244,6 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
                 monitor.log(step, eval_metrics)
                 metrics.update(eval_metrics)
 
-        stop = dist.any_rank(stop_requested(), info.device)
         if step % t_cfg["save_freq"] == 0 or step == end_step or is_best or stop:
             save(is_best)
         if stop:
@@ -252,6 +256,9 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
         monitor.print(f"Exported {final} (load with SmolVLAPolicy.from_pretrained)")
     dist.barrier()
     monitor.close()
+    # DDP's reducer must not hold the last reference to the process group: freeing it there keeps the GIL while
+    # gloo's threads may still need it, and the process hangs at the end (seen with two nodes on one machine)
+    del objective
     dist.teardown()
     return metrics
 
