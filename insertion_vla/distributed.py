@@ -83,11 +83,3 @@ def gather_lists(items: list) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, items)
     return [x for part in out for x in part]
-
-
-def broadcast_object(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
