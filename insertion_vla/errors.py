@@ -1,13 +1,11 @@
-"""The one exception type for problems the user can fix, and how scripts report it."""
+"""The toolkit's error for problems the user can fix (defined with the episode format, which raises it too), and
+how scripts report it."""
 
 import sys
 
+from episode_format.errors import UserError
 
-class UserError(Exception):
-    """Bad input (a file, a key, a config value): the message names it and says how to fix it.
-
-    Scripts print the message and exit non-zero instead of showing a traceback.
-    """
+__all__ = ["UserError", "exit_on_user_error"]
 
 
 def exit_on_user_error(main):
