@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from episode_format.atomic import atomic_write_text
 from evaluation.rollout import EpisodeResult
-from insertion_vla.fileio import atomic_write_text
 
 Z_95 = 1.959964
 

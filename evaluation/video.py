@@ -6,7 +6,7 @@ import imageio_ffmpeg
 import mujoco
 import numpy as np
 
-from insertion_vla.fileio import atomic_output
+from episode_format.atomic import atomic_output
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.scene import CAMERA_NAMES
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from episode_format.atomic import atomic_output
 from insertion_vla.errors import UserError
-from insertion_vla.fileio import atomic_output
 
 STEP_FILE = re.compile(r"^checkpoint_step_(\d+)\.pt$")
 LATEST = "checkpoint_latest.pt"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from episode_format.atomic import atomic_write_text
 from insertion_vla.errors import UserError
-from insertion_vla.fileio import atomic_write_text
 
 
 class ConfigError(UserError):

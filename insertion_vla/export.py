@@ -33,9 +33,9 @@ from pathlib import Path
 
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
+from episode_format.atomic import atomic_write_text
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.errors import exit_on_user_error
-from insertion_vla.fileio import atomic_write_text
 
 VLM_SUBDIR = "vlm"
 PREPROCESSOR_FILE = "policy_preprocessor.json"

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from insertion_vla.fileio import atomic_output  # noqa: E402
+from episode_format.atomic import atomic_output  # noqa: E402
 
 
 def _save(fig, path: Path):

@@ -11,9 +11,9 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from episode_format.atomic import atomic_write_text
 from insertion_vla.episodes import EpisodeFormatError, EpisodeKeys, open_episode
 from insertion_vla.errors import UserError
-from insertion_vla.fileio import atomic_write_text
 
 FEATURES = ("observation.state", "action")
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")

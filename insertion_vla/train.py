@@ -19,6 +19,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from episode_format.atomic import remove_stale_temporaries
 from insertion_vla import distributed as dist
 from insertion_vla.checkpoint import BEST, find_resume_checkpoint, link_or_copy, load_checkpoint, prune_checkpoints, save_checkpoint
 from insertion_vla.config import save_config
@@ -26,7 +27,6 @@ from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import discover_episodes, keys_from_config
 from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
-from insertion_vla.fileio import remove_stale_temporaries
 from insertion_vla.monitor import RunMonitor, format_train_line, format_val_line, system_metrics
 from insertion_vla.optim import lr_at, make_optimizer, set_lr
 from insertion_vla.plots import plot_loss_curves, plot_trajectories

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data import default_collate
 
+from episode_format.atomic import atomic_write_text
 from insertion_vla import distributed as dist
 from insertion_vla.errors import UserError
-from insertion_vla.fileio import atomic_write_text
 from insertion_vla.policy import compute_losses, predict_action_chunk, prepare_batch, validation_noise_and_time
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
+from episode_format.atomic import remove_stale_temporaries
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.expert import ScriptedExpert
 from sim.randomization import (
@@ -140,20 +141,6 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
             f"error: {path} was collected with {found}, but this run asks for {expected}. "
             "Use another --out directory, or the same --seed/--width/--height to extend this one."
         )
-
-
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete temporary files left by killed collectors (their process is gone)."""
-    for temporary in out_dir.glob("episode_*.h5.tmp-*"):
-        pid = temporary.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            temporary.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's process
 
 
 def _one_render_thread() -> None:

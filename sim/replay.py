@@ -5,9 +5,7 @@
 """
 
 import argparse
-import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
 import numpy as np  # noqa: E402
 
+from episode_format.atomic import atomic_output  # noqa: E402
 from sim.recorder import decode_jpeg  # noqa: E402
 
 CAMERAS_KEY = "observations/images"
@@ -88,17 +87,6 @@ def title(episode: Episode) -> str:
         f"{episode.path.name}: {len(episode.action)} frames, success={a.get('success')}, sim_seed={a.get('sim_seed')}, "
         f"final tip error {float(a.get('final_tip_error_mm', np.nan)):.3f} mm"
     )
-
-
-@contextmanager
-def atomic_output(out: Path):
-    """Yields a temporary path next to `out`, renamed to `out` only when the block completes."""
-    temporary = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
-        yield temporary
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def figure_to_rgb(figure) -> np.ndarray:
