@@ -10,8 +10,9 @@ describe exactly what training reads.
 import argparse
 import time
 
+from episode_format.reader import discover_episodes
 from insertion_vla.config import load_config
-from insertion_vla.episodes import discover_episodes, keys_from_config
+from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import exit_on_user_error
 from insertion_vla.stats import compute_stats, save_stats
 

@@ -14,8 +14,8 @@ Any config key can be overridden as --section.key=value, the value read as YAML:
 
 import argparse
 
+from episode_format.reader import discover_episodes
 from insertion_vla.config import load_config
-from insertion_vla.episodes import discover_episodes
 from insertion_vla.errors import exit_on_user_error
 from insertion_vla.stats import load_stats
 

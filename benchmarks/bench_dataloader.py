@@ -115,6 +115,7 @@ def ours(paths, indices, workers, batch_size, image_size) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from episode_format.reader import open_episode
     from insertion_vla.config import defaults
     from insertion_vla.dataset import EpisodeDataset
     from insertion_vla.episodes import keys_from_config
@@ -154,8 +155,9 @@ def write_lerobot_dataset(paths, root) -> float:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
 
+    from episode_format.reader import open_episode
     from insertion_vla.config import defaults
-    from insertion_vla.episodes import keys_from_config, open_episode
+    from insertion_vla.episodes import keys_from_config
 
     keys = keys_from_config(defaults()["dataset"])
     t0 = time.perf_counter()

@@ -163,7 +163,8 @@ def measure_bare_and_loss(cfg, stats, args, info) -> dict:
     import torch
 
     from insertion_vla.dataset import EpisodeDataset
-    from insertion_vla.episodes import discover_episodes, keys_from_config
+    from episode_format.reader import discover_episodes
+    from insertion_vla.episodes import keys_from_config
     from insertion_vla.optim import make_optimizer
     from insertion_vla.policy import TrainingLoss, build_policy, prepare_batch
     from insertion_vla.train import make_autocast, micro_batches
@@ -255,7 +256,8 @@ def main(argv=None):
     import torch
 
     from insertion_vla import distributed as dist
-    from insertion_vla.episodes import discover_episodes, keys_from_config
+    from episode_format.reader import discover_episodes
+    from insertion_vla.episodes import keys_from_config
     from insertion_vla.stats import compute_stats, load_stats, save_stats
     from insertion_vla.tiny_vlm import build_tiny_vlm
 

@@ -49,8 +49,9 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from episode_format.reader import discover_episodes
     from insertion_vla.config import load_config
-    from insertion_vla.episodes import discover_episodes, keys_from_config
+    from insertion_vla.episodes import keys_from_config
     from insertion_vla.stats import compute_stats, save_stats
     from insertion_vla.tiny_vlm import build_tiny_vlm
     from insertion_vla.train import train

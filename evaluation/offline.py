@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from episode_format.reader import discover_episodes
 from evaluation.policy_io import LoadedPolicy
 from insertion_vla.dataset import EpisodeDataset
-from insertion_vla.episodes import discover_episodes, keys_from_config
+from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
 from insertion_vla.plots import plot_trajectories
 from insertion_vla.validation import predict_episode

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import h5py
 
-from insertion_vla.episodes import discover_episodes, keys_from_config, open_episode
+from episode_format.reader import discover_episodes, open_episode
+from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
 
 DEFAULT_SIZE = (640, 480)  # the collector's default image size

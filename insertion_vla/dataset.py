@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from insertion_vla.episodes import EpisodeKeys, open_episode
+from episode_format.reader import EpisodeKeys, open_episode
 from insertion_vla.errors import UserError
 
 OPEN_EPISODES_PER_WORKER = 32  # bounded, so memory does not grow with the number of episodes

@@ -12,7 +12,8 @@ import yaml
 from tqdm import tqdm
 
 from episode_format.atomic import atomic_write_text
-from insertion_vla.episodes import EpisodeFormatError, EpisodeKeys, open_episode
+from episode_format.errors import EpisodeFormatError
+from episode_format.reader import EpisodeKeys, open_episode
 from insertion_vla.errors import UserError
 
 FEATURES = ("observation.state", "action")

@@ -20,11 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from episode_format.atomic import remove_stale_temporaries
+from episode_format.reader import discover_episodes
 from insertion_vla import distributed as dist
 from insertion_vla.checkpoint import BEST, find_resume_checkpoint, link_or_copy, load_checkpoint, prune_checkpoints, save_checkpoint
 from insertion_vla.config import save_config
 from insertion_vla.dataset import EpisodeDataset
-from insertion_vla.episodes import discover_episodes, keys_from_config
+from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
 from insertion_vla.monitor import RunMonitor, format_train_line, format_val_line, system_metrics

@@ -5,8 +5,8 @@ from episode_files import CAMERAS, write_dataset
 from lerobot.policies.smolvla.modeling_smolvla import resize_with_pad as lerobot_resize_with_pad
 from torch.utils.data import DataLoader
 
+from episode_format.reader import EpisodeKeys, open_episode
 from insertion_vla.dataset import EpisodeDataset, augment_image, resize_with_pad
-from insertion_vla.episodes import EpisodeKeys, open_episode
 
 KEYS = EpisodeKeys(cameras={c: f"camera{i + 1}" for i, c in enumerate(CAMERAS)}, state_keys=("observations/ee_pose",))
 

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 from episode_files import CAMERAS, frame, write_dataset, write_episode
 
+from episode_format.errors import EpisodeFormatError
+from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
 from insertion_vla.config import load_config
-from insertion_vla.episodes import EpisodeFormatError, EpisodeKeys, discover_episodes, keys_from_config, open_episode
+from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
 
 KEYS = EpisodeKeys(cameras={c: f"camera{i + 1}" for i, c in enumerate(CAMERAS)}, state_keys=("observations/ee_pose",))

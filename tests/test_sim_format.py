@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from insertion_vla.episodes import EpisodeKeys, discover_episodes, open_episode
+from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
 from sim.collect import CollectionSettings, collect
 from sim.recorder import TASK_INSTRUCTION, decode_jpeg
 from sim.scene import CAMERA_NAMES

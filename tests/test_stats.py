@@ -8,7 +8,7 @@ import pytest
 import yaml
 from episode_files import write_dataset
 
-from insertion_vla.episodes import EpisodeKeys
+from episode_format.reader import EpisodeKeys
 from insertion_vla.stats import RunningStats, check_stats_match, compute_stats, load_stats
 
 KEYS = EpisodeKeys(cameras={"side_camera": "camera1"}, state_keys=("observations/ee_pose",))
