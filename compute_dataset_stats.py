@@ -3,31 +3,32 @@
 
     python compute_dataset_stats.py --dataset_root data/Eye_trocar_sim --output dataset_stats_sim.yaml
 
-Discovery and keys (state layout, action key, cameras) are the training config's, so the statistics
-describe exactly what training reads.
+Discovery and keys (state layout, action key, cameras) are the training config's (--config plus the same
+--section.key=value overrides as train_smolvla_sim.py), so the statistics describe exactly what training reads.
 """
 
 import argparse
 import time
 
 from episode_format.reader import discover_episodes
-from insertion_vla.config import load_config
+from insertion_vla.config import OVERRIDES_HELP, parse_args_and_config
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import exit_on_user_error
 from insertion_vla.stats import compute_stats, save_stats
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_root", help="directory searched recursively for *.h5/*.hdf5 (default: the config's dataset.root_dir)")
+    parser = argparse.ArgumentParser(description=__doc__, epilog=OVERRIDES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_root", help="directory searched recursively for *.h5/*.hdf5 (sets dataset.root_dir; default: the config's)")
     parser.add_argument("--output", default="dataset_stats_sim.yaml", help="YAML file to write (atomically); default: %(default)s")
     parser.add_argument("--config", help="training config whose dataset section gives the keys (default: built-in defaults)")
     parser.add_argument("--max_episodes", type=int, help="use only the first N episodes in discovery order")
     parser.add_argument("--skip_bad", action="store_true", help="skip damaged or malformed files and list them, instead of failing")
-    args = parser.parse_args()
+    args, cfg = parse_args_and_config(parser, shortcuts={"dataset_root": "dataset.root_dir"})
 
-    dataset_cfg = load_config(args.config)["dataset"]
-    root = args.dataset_root or dataset_cfg["root_dir"]
+    dataset_cfg = cfg["dataset"]
+    root = dataset_cfg["root_dir"]
     keys = keys_from_config(dataset_cfg)
     paths = discover_episodes(root)[: args.max_episodes]
     print(f"Computing statistics of {len(paths)} episodes in {root} (state: {' + '.join(keys.state_keys)}, action: {keys.action_key})")

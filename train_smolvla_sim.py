@@ -6,22 +6,20 @@
     python train_smolvla_sim.py --config ... --resume auto
     python train_smolvla_sim.py --config <real-data config> --resume <sim run>/checkpoints/checkpoint_latest.pt \\
         --reset_scheduler --steps 5000 --lr 0.00001
-
-Any config key can be overridden as --section.key=value, the value read as YAML:
-    --training.batch_size=8  "--policy.resize_imgs_with_padding=[64, 64]"  --wandb.enable=false
-    "--dataset.cameras={zed_left: camera1, oak_wrist: camera2, zed_top: camera3}"   (a dict replaces the old one)
 """
 
 import argparse
 
 from episode_format.reader import discover_episodes
-from insertion_vla.config import load_config
+from insertion_vla.config import OVERRIDES_HELP, parse_args_and_config
 from insertion_vla.errors import exit_on_user_error
 from insertion_vla.stats import load_stats
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """(args, resolved config)."""
+    parser = argparse.ArgumentParser(description=__doc__, epilog=OVERRIDES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="train_config_smolvla_sim.yaml", help="YAML config file (default: %(default)s)")
     parser.add_argument("--resume", metavar="PATH|auto",
                         help="continue from a checkpoint_*.pt; 'auto': the newest in output_dir/checkpoints, or a fresh start if none")
@@ -32,16 +30,11 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", help="output_dir: checkpoints, logs, plots (must be shared by all nodes)")
     parser.add_argument("--check_only", action="store_true",
                         help="check the resolved config, the dataset and the stats file, then exit (train_smolvla_sim.sh does this before torchrun)")
-    args, overrides = parser.parse_known_args(argv)
-    for name, dotted in (("steps", "training.steps"), ("lr", "optimizer.lr"), ("output_dir", "output_dir")):
-        if getattr(args, name) is not None:
-            overrides.append(f"--{dotted}={getattr(args, name)}")
-    return args, overrides
+    return parse_args_and_config(parser, argv, {"steps": "training.steps", "lr": "optimizer.lr", "output_dir": "output_dir"})
 
 
 def main():
-    args, overrides = parse_args()
-    cfg = load_config(args.config, overrides)
+    args, cfg = parse_args()
     if args.check_only:
         episodes = discover_episodes(cfg["dataset"]["root_dir"])
         if cfg["normalization"]["enable"]:

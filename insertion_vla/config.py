@@ -5,6 +5,7 @@ types it accepts, so a typo is an error that names the closest valid key instead
 setting. Defaults are the values of the real 5-GPU simulation run (train_config_smolvla_sim.yaml).
 """
 
+import argparse
 import copy
 import difflib
 from dataclasses import dataclass
@@ -25,27 +26,46 @@ class Field:
     default: object
     types: tuple  # accepted Python types; NoneType where null is allowed
     help: str = ""
+    # the valid values beyond the type (null, where allowed, is always valid)
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    choices: tuple | None = None
+
+    def rule(self) -> str:
+        """The valid range as the reference and the errors write it, e.g. '> 0' or 'one of cpu, cuda'."""
+        parts = [f"{op} {bound}" for op, bound in ((">=", self.at_least), (">", self.above), ("<=", self.at_most))
+                 if bound is not None]
+        if self.choices:
+            parts.append("one of " + ", ".join(map(str, self.choices)))
+        return " and ".join(parts)
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return True
+        return ((self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
+                and (self.at_most is None or value <= self.at_most) and (not self.choices or value in self.choices))
 
 
 NoneType = type(None)
 NUMBER = (int, float)
 
 
-def _field(default, *types, help=""):
-    return Field(default, types or (type(default),), help)
+def _field(default, *types, help="", **valid):
+    return Field(default, types or (type(default),), help, **valid)
 
 
 SCHEMA = {
-    "seed": _field(1000, help="seed of every random choice (data order, noise, validation split)"),
+    "seed": _field(1000, at_least=0, help="seed of every random choice (data order, noise, validation split)"),
     "output_dir": _field("outputs/train/smolvla_needle_insertion_sim", help="checkpoints, logs, plots"),
     "normalization": {
         "enable": _field(True, help="normalize state/action with the stats file (false: explicit opt-out)"),
         "stats_file": _field("dataset_stats_sim.yaml", help="made by compute_dataset_stats.py"),
-        "mode": _field("MEAN_STD", help="lerobot NormalizationMode: MEAN_STD, MIN_MAX or IDENTITY"),
+        "mode": _field("MEAN_STD", choices=("MEAN_STD", "MIN_MAX", "IDENTITY"), help="lerobot NormalizationMode: MEAN_STD, MIN_MAX or IDENTITY"),
     },
     "dataset": {
         "root_dir": _field("data/Eye_trocar_sim", help="searched recursively for *.h5 / *.hdf5"),
-        "horizon": _field(50, help="actions per sample (the action chunk)"),
+        "horizon": _field(50, at_least=1, help="actions per sample (the action chunk)"),
         "use_ee_pose": _field(True, help="state includes observations/ee_pose (when state_key is null)"),
         "use_qpos": _field(False, help="state includes observations/qpos (when state_key is null)"),
         "state_key": _field(None, str, NoneType, help="HDF5 path of the state; overrides use_ee_pose/use_qpos"),
@@ -60,69 +80,69 @@ SCHEMA = {
         ),
         "augment": _field(False, help="photometric augmentation of training images (real data)"),
         "augmentation": {
-            "brightness": _field(0.2, *NUMBER, help="max relative brightness change"),
-            "contrast": _field(0.2, *NUMBER, help="max relative contrast change"),
-            "saturation": _field(0.2, *NUMBER, help="max relative saturation change"),
-            "hue": _field(0.05, *NUMBER, help="max hue shift, fraction of the colour circle"),
-            "noise_std": _field(3.0, *NUMBER, help="std of Gaussian pixel noise, 0-255 scale"),
+            "brightness": _field(0.2, *NUMBER, at_least=0, at_most=1, help="max relative brightness change"),
+            "contrast": _field(0.2, *NUMBER, at_least=0, at_most=1, help="max relative contrast change"),
+            "saturation": _field(0.2, *NUMBER, at_least=0, at_most=1, help="max relative saturation change"),
+            "hue": _field(0.05, *NUMBER, at_least=0, at_most=0.5, help="max hue shift, fraction of the colour circle"),
+            "noise_std": _field(3.0, *NUMBER, at_least=0, help="std of Gaussian pixel noise, 0-255 scale"),
         },
     },
     "policy": {
         "vlm_model_name": _field("HuggingFaceTB/SmolVLM2-500M-Video-Instruct", help="Hub id or local dir"),
         "pretrained_model_id": _field(None, str, NoneType, help="trained SmolVLA to start from (dir or Hub id)"),
         "load_vlm_weights": _field(False, help="load the VLM's pretrained weights (else random unless pretrained)"),
-        "n_obs_steps": _field(1, help="observation frames per sample (SmolVLA uses 1)"),
-        "chunk_size": _field(50, help="actions predicted at once; equals dataset.horizon"),
-        "n_action_steps": _field(50, help="actions of a chunk executed before predicting again"),
-        "max_state_dim": _field(32, help="state zero-padded to this size inside SmolVLA"),
-        "max_action_dim": _field(32, help="action zero-padded to this size inside SmolVLA"),
-        "num_steps": _field(10, help="flow-matching denoising steps at inference"),
+        "n_obs_steps": _field(1, at_least=1, help="observation frames per sample (SmolVLA uses 1)"),
+        "chunk_size": _field(50, at_least=1, help="actions predicted at once; equals dataset.horizon"),
+        "n_action_steps": _field(50, at_least=1, help="actions of a chunk executed before predicting again"),
+        "max_state_dim": _field(32, at_least=1, help="state zero-padded to this size inside SmolVLA"),
+        "max_action_dim": _field(32, at_least=1, help="action zero-padded to this size inside SmolVLA"),
+        "num_steps": _field(10, at_least=1, help="flow-matching denoising steps at inference"),
         "resize_imgs_with_padding": _field([512, 512], list, help="image size the policy sees"),
-        "tokenizer_max_length": _field(48, help="language tokens of the instruction"),
+        "tokenizer_max_length": _field(48, at_least=1, help="language tokens of the instruction"),
         "freeze_vision_encoder": _field(True, help="keep the VLM's vision encoder frozen"),
         "train_expert_only": _field(True, help="train the action expert only; the VLM stays frozen"),
         "train_state_proj": _field(True, help="train the state projection"),
-        "num_vlm_layers": _field(16, help="VLM layers kept (the first N)"),
+        "num_vlm_layers": _field(16, at_least=1, help="VLM layers kept (the first N)"),
     },
     "training": {
-        "steps": _field(30000, help="steps of the current schedule"),
-        "batch_size": _field(16, help="per GPU / process"),
-        "gradient_accumulation_steps": _field(1, help="micro-batches per optimizer step"),
-        "num_workers": _field(4, help="DataLoader workers per process"),
-        "log_freq": _field(100, help="console / W&B line every N steps"),
-        "save_freq": _field(2000, help="checkpoint every N steps"),
-        "keep_last_checkpoints": _field(None, int, NoneType, help="keep the newest N step checkpoints; null: all"),
-        "lambda_temporal": _field(0.1, *NUMBER, help="weight of the temporal-consistency loss"),
-        "loss_spike_threshold": _field(10.0, *NUMBER, help="spike: loss > threshold x recent mean"),
-        "loss_spike_window": _field(100, help="losses in the recent mean"),
-        "max_nonfinite_steps": _field(10, help="stop after this many non-finite steps in a row"),
+        "steps": _field(30000, at_least=1, help="steps of the current schedule"),
+        "batch_size": _field(16, at_least=1, help="per GPU / process"),
+        "gradient_accumulation_steps": _field(1, at_least=1, help="micro-batches per optimizer step"),
+        "num_workers": _field(4, at_least=0, help="DataLoader workers per process"),
+        "log_freq": _field(100, at_least=1, help="console / W&B line every N steps"),
+        "save_freq": _field(2000, at_least=1, help="checkpoint every N steps"),
+        "keep_last_checkpoints": _field(None, int, NoneType, at_least=1, help="keep the newest N step checkpoints; null: all"),
+        "lambda_temporal": _field(0.1, *NUMBER, at_least=0, help="weight of the temporal-consistency loss"),
+        "loss_spike_threshold": _field(10.0, *NUMBER, above=1, help="spike: loss > threshold x recent mean"),
+        "loss_spike_window": _field(100, at_least=1, help="losses in the recent mean"),
+        "max_nonfinite_steps": _field(10, at_least=1, help="stop after this many non-finite steps in a row"),
         "use_bfloat16": _field(True, help="bf16 autocast on CUDA"),
-        "device": _field("auto", help="auto, cuda or cpu"),
+        "device": _field("auto", choices=("auto", "cuda", "cpu"), help="auto, cuda or cpu"),
     },
     "validation": {
         "enable": _field(True, help="hold out episodes and validate on them"),
-        "num_episodes": _field(20, help="episodes held out by a seeded choice"),
-        "val_freq": _field(2000, help="validate every N steps and at the end"),
-        "max_samples": _field(None, int, NoneType, help="cap on validation frames; null: all"),
-        "batch_size": _field(16, help="validation batch per process"),
-        "plot_episodes": _field(3, help="held-out episodes drawn in the trajectory plot"),
+        "num_episodes": _field(20, at_least=1, help="episodes held out by a seeded choice"),
+        "val_freq": _field(2000, at_least=1, help="validate every N steps and at the end"),
+        "max_samples": _field(None, int, NoneType, at_least=1, help="cap on validation frames; null: all"),
+        "batch_size": _field(16, at_least=1, help="validation batch per process"),
+        "plot_episodes": _field(3, at_least=0, help="held-out episodes drawn in the trajectory plot"),
     },
     "evaluation": {
         "enable": _field(False, help="closed-loop episodes in the simulator during training (rank 0)"),
-        "freq": _field(2000, help="every N steps and at the end"),
-        "episodes": _field(10, help="simulated episodes per evaluation"),
+        "freq": _field(2000, at_least=1, help="every N steps and at the end"),
+        "episodes": _field(10, at_least=1, help="simulated episodes per evaluation"),
     },
     "optimizer": {
-        "lr": _field(1e-4, *NUMBER, help="peak learning rate"),
+        "lr": _field(1e-4, *NUMBER, above=0, help="peak learning rate"),
         "betas": _field([0.9, 0.95], list, help="AdamW betas"),
-        "eps": _field(1e-8, *NUMBER, help="AdamW epsilon"),
-        "weight_decay": _field(1e-10, *NUMBER, help="AdamW weight decay"),
-        "grad_clip_norm": _field(10.0, *NUMBER, help="clip the gradient norm to this"),
+        "eps": _field(1e-8, *NUMBER, above=0, help="AdamW epsilon"),
+        "weight_decay": _field(1e-10, *NUMBER, at_least=0, help="AdamW weight decay"),
+        "grad_clip_norm": _field(10.0, *NUMBER, above=0, help="clip the gradient norm to this"),
     },
     "scheduler": {
-        "num_warmup_steps": _field(1000, help="linear warmup to optimizer.lr"),
-        "num_decay_steps": _field(30000, help="cosine decay to decay_lr, counted from the schedule start"),
-        "decay_lr": _field(2.5e-6, *NUMBER, help="LR at the end of the cosine decay"),
+        "num_warmup_steps": _field(1000, at_least=0, help="linear warmup to optimizer.lr"),
+        "num_decay_steps": _field(30000, at_least=1, help="cosine decay to decay_lr, counted from the schedule start"),
+        "decay_lr": _field(2.5e-6, *NUMBER, at_least=0, help="LR at the end of the cosine decay"),
     },
     "wandb": {
         "enable": _field(True, help="also works with WANDB_MODE=offline"),
@@ -168,6 +188,9 @@ def _check_value(dotted: str, value, field: Field, source: str):
         )
     if isinstance(value, float) and int in field.types and float not in field.types:
         raise ConfigError(f"config key '{dotted}' in {source} must be a whole number, got {value!r}.")
+    if not field.accepts(value):
+        raise ConfigError(f"config key '{dotted}' in {source} must be {field.rule()}, got {value!r}. "
+                          f"Default: {field.default!r}.")
 
 
 def _yaml11_float(value, field: Field):
@@ -198,7 +221,8 @@ def _merge(base: dict, update: dict, schema: dict, source: str, prefix=""):
 def parse_override(arg: str) -> tuple[str, object]:
     """'--section.key=value' -> ('section.key', value parsed as YAML)."""
     if not arg.startswith("--") or "=" not in arg:
-        raise ConfigError(f"cannot read override '{arg}': write it as --section.key=value, e.g. --training.steps=100")
+        raise ConfigError(f"unrecognized argument '{arg}': neither a flag of this command (see --help) nor a config "
+                          "override written as --section.key=value, e.g. --training.steps=100")
     dotted, text = arg[2:].split("=", 1)
     try:
         value = yaml.safe_load(text) if text != "" else None
@@ -234,6 +258,27 @@ def load_config(path, overrides: list[str] = ()) -> dict:
     return cfg
 
 
+OVERRIDES_HELP = """\
+Any config key can be overridden as --section.key=value, the value read as YAML (`python -m insertion_vla.config`
+lists every key):
+    --training.batch_size=8  "--policy.resize_imgs_with_padding=[64, 64]"  --wandb.enable=false
+    "--dataset.cameras={zed_left: camera1, oak_wrist: camera2, zed_top: camera3}"   (a dict replaces the old one)
+"""
+
+
+def parse_args_and_config(parser: argparse.ArgumentParser, argv=None, shortcuts: dict[str, str] | None = None):
+    """The parser's own flags, then every other argument as a `--section.key=value` override of the config that
+    `--config` names (the parser must define --config). shortcuts: {flag dest: config key} for flags that only set
+    a key (e.g. --lr sets optimizer.lr). Returns (args, resolved config). One parser for every CLI that reads the
+    training config, so the overrides an error message advises work in each of them."""
+    parser.allow_abbrev = False  # `--dataset.root_dir=...` must never pass as an abbreviation of `--dataset_root`
+    args, overrides = parser.parse_known_args(argv)
+    for dest, dotted in (shortcuts or {}).items():
+        if getattr(args, dest) is not None:
+            overrides.append(f"--{dotted}={getattr(args, dest)}")
+    return args, load_config(args.config, overrides)
+
+
 def validate(cfg: dict):
     """Checks across keys that the per-key types cannot express."""
     d, p = cfg["dataset"], cfg["policy"]
@@ -247,21 +292,21 @@ def validate(cfg: dict):
     size = p["resize_imgs_with_padding"]
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ConfigError(f"policy.resize_imgs_with_padding must be two positive integers, got {size!r}.")
+    if size[0] != size[1]:
+        # SmolVLM's connector (pixel shuffle) folds the patch grid as a square; lerobot also reads the pair
+        # as (width, height). Only square images work.
+        raise ConfigError(f"policy.resize_imgs_with_padding={size}: SmolVLA needs square images, e.g. [{size[0]}, {size[0]}].")
     if d["horizon"] != p["chunk_size"]:
         raise ConfigError(
             f"dataset.horizon ({d['horizon']}) must equal policy.chunk_size ({p['chunk_size']}): "
             "each sample carries one action chunk."
         )
-    for dotted in ("training.steps", "training.batch_size", "training.gradient_accumulation_steps",
-                   "training.log_freq", "training.save_freq", "validation.val_freq", "dataset.horizon"):
-        section, key = dotted.split(".")
-        if cfg[section][key] < 1:
-            raise ConfigError(f"{dotted} must be at least 1, got {cfg[section][key]}.")
-    keep = cfg["training"]["keep_last_checkpoints"]
-    if keep is not None and keep < 1:
-        raise ConfigError(f"training.keep_last_checkpoints must be at least 1 or null (keep all), got {keep}.")
-    if cfg["normalization"]["mode"] not in ("MEAN_STD", "MIN_MAX", "IDENTITY"):
-        raise ConfigError(f"normalization.mode must be MEAN_STD, MIN_MAX or IDENTITY, got {cfg['normalization']['mode']!r}.")
+    if p["n_action_steps"] > p["chunk_size"]:
+        raise ConfigError(f"policy.n_action_steps ({p['n_action_steps']}) must not exceed policy.chunk_size "
+                          f"({p['chunk_size']}): a prediction has chunk_size actions to execute.")
+    betas = cfg["optimizer"]["betas"]
+    if len(betas) != 2 or not all(isinstance(b, NUMBER) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}.")
 
 
 def save_config(cfg: dict, path):
@@ -276,7 +321,8 @@ def markdown_reference(schema=SCHEMA, prefix="") -> str:
             rows.append(markdown_reference(field, prefix + key + "."))
         else:
             default = yaml.safe_dump(field.default, default_flow_style=True).strip().removesuffix("...").strip()
-            rows.append(f"| `{prefix}{key}` | `{default}` | {field.help} |")
+            valid = f" ({field.rule()})" if field.rule() else ""
+            rows.append(f"| `{prefix}{key}` | `{default}` | {field.help}{valid} |")
     return "\n".join(rows)
 
 
