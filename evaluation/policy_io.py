@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from episode_format.jpeg import decode_jpeg, encode_jpeg
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults, load_config
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
-from sim.recorder import TASK_INSTRUCTION, decode_jpeg, encode_jpeg
+from sim.recorder import TASK_INSTRUCTION
 from sim.scene import CAMERA_NAMES
 
 COLLECTOR_JPEG_QUALITY = 95  # the collector's default --jpeg_quality

@@ -3,7 +3,7 @@
 Every row runs a CLI (stats, training, resume, config, simulator) in a fresh directory and checks what the user
 gets: a non-zero exit status, an error that names the file or key and says how to fix it, no traceback, and no
 half-written output (no temporary file, no checkpoint, no stats file). Rows already covered by another test file
-are listed in REUSED with that test's id; README's bad-input table lists both.
+are listed in REUSED with that test's id; the bad-input table in docs/reliability.md lists both.
 """
 
 import re

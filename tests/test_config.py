@@ -74,10 +74,11 @@ def test_defaults_are_copies():
     assert "x" not in defaults()["dataset"]["cameras"]
 
 
-def test_readme_config_table_matches_the_schema():
+def test_configuration_reference_table_matches_the_schema():
     from pathlib import Path
 
     from insertion_vla.config import markdown_reference
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert markdown_reference() in readme, "README's config table is stale: paste `python -m insertion_vla.config`"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert markdown_reference() in page, (
+        "docs/configuration.md's config table is stale: paste `python -m insertion_vla.config`")

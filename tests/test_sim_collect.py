@@ -14,8 +14,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from episode_format.jpeg import decode_jpeg
 from sim.randomization import DomainRandomization, PhantomPlacement
-from sim.recorder import TASK_INSTRUCTION, EpisodeRecorder, decode_jpeg
+from sim.recorder import TASK_INSTRUCTION, EpisodeRecorder
 from sim.scene import CAMERA_NAMES
 from sim.seeding import episode_seed
 

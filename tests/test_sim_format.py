@@ -4,9 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
+from episode_format.jpeg import decode_jpeg
 from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
 from sim.collect import CollectionSettings, collect
-from sim.recorder import TASK_INSTRUCTION, decode_jpeg
+from sim.recorder import TASK_INSTRUCTION
 from sim.scene import CAMERA_NAMES
 
 KEYS = EpisodeKeys(
