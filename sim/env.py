@@ -23,6 +23,9 @@ Success: the tip within 1 mm of the depth target (27.5 mm past the trocar entry 
 needle axis within 2 deg of the trocar axis (`in_tolerance`), continuously for `hold_seconds` (1 s).
 `terminated` is True at that step (and `info["success"]`); `truncated` when `max_episode_seconds` elapse first.
 Reward: 1 while in tolerance, minus the tip distance in cm (a simple dense signal; nothing here trains on it).
+Safety: `info["penetration_outside_trocar_mm"]` is how deep (mm) the needle reaches into the eye after entering it
+beside the trocar's cannula at this step, 0 when it is outside the eye or went in through the cannula (see
+sim/safety.py). The env's success rule ignores it: judging an episode with both is the evaluator's job.
 """
 
 import gymnasium
@@ -31,13 +34,21 @@ import numpy as np
 
 from sim.kinematics import JOINT_LIMITS, euler_xyz_from_matrix
 from sim.randomization import DomainRandomization, PhantomPlacement, SceneRandomizer
+from sim.safety import EyeGeometry, penetration_outside_trocar
 from sim.scene import (
+    BACK_SITE,
     CAMERA_NAMES,
+    CANNULA_INNER_LENGTH,
+    CANNULA_RADIUS,
     DEPTH_SITE,
     ENTRY_SITE,
+    EYE_CENTER_HEIGHT,
+    EYE_RADIUS,
     HOME_QPOS_DEG,
+    PHANTOM_BODY,
     PHYSICS_TIMESTEP,
     TIP_SITE,
+    TROCAR_HUB_HEIGHT,
     scene_xml,
 )
 
@@ -72,6 +83,8 @@ class NeedleInsertionEnv(gymnasium.Env):
         self.randomizer = SceneRandomizer(self.model, phantom, dr)
         self._commanded = mujoco.MjData(self.model)  # kinematics of the commanded joints, for the tracking error
         self._tip = self.model.site(TIP_SITE).id
+        self._back = self.model.site(BACK_SITE).id
+        self._phantom = self.model.body(PHANTOM_BODY).id
         self._entry = self.model.site(ENTRY_SITE).id
         self._depth = self.model.site(DEPTH_SITE).id
         self._renderer: mujoco.Renderer | None = None
@@ -116,7 +129,8 @@ class NeedleInsertionEnv(gymnasium.Env):
         self._renderer_stale = True  # the textures changed: the next render uploads them
         self._step_count = 0
         self._hold_count = 0
-        info = {"seed": seed, "scene_params": dict(self._params), **self._errors(), "success": False}
+        info = {"seed": seed, "scene_params": dict(self._params), **self._errors(), "success": False,
+                "penetration_outside_trocar_mm": self._penetration_outside_trocar_mm()}
         return self._observation(), info
 
     def step(self, joint_command):
@@ -142,6 +156,7 @@ class NeedleInsertionEnv(gymnasium.Env):
             "in_tolerance": in_tolerance,
             "success": success,
             "tracking_error_mm": self._tracking_error_mm(),
+            "penetration_outside_trocar_mm": self._penetration_outside_trocar_mm(),
             "time_s": self._step_count / CONTROL_HZ,
         }
         return self._observation(), reward, success, truncated, info
@@ -163,6 +178,14 @@ class NeedleInsertionEnv(gymnasium.Env):
         axis = self.data.site_xmat[self._entry].reshape(3, 3)[:, 2].copy()
         return self.data.site_xpos[self._entry].copy(), self.data.site_xpos[self._depth].copy(), axis
 
+    def eye_geometry(self) -> EyeGeometry:
+        """The eye sphere and the trocar's cannula in the world frame (this episode's phantom placement)."""
+        center = self.data.xpos[self._phantom] + self.data.xmat[self._phantom].reshape(3, 3) @ [0, 0, EYE_CENTER_HEIGHT]
+        entry, _, axis = self.trocar_target()
+        inner = entry + (TROCAR_HUB_HEIGHT + CANNULA_INNER_LENGTH) * axis
+        return EyeGeometry(center=center, radius=EYE_RADIUS, cannula_outer=entry, cannula_inner=inner,
+                           cannula_radius=CANNULA_RADIUS)
+
     def commanded_qpos(self) -> np.ndarray:
         """The joint positions the servos currently hold (the home pose right after reset)."""
         return self.data.ctrl.copy()
@@ -182,6 +205,10 @@ class NeedleInsertionEnv(gymnasium.Env):
         self._commanded.qpos[:] = self.data.ctrl
         mujoco.mj_kinematics(self.model, self._commanded)
         return float(np.linalg.norm(self.data.site_xpos[self._tip] - self._commanded.site_xpos[self._tip]) * 1000.0)
+
+    def _penetration_outside_trocar_mm(self) -> float:
+        base, tip = self.data.site_xpos[self._back], self.data.site_xpos[self._tip]
+        return penetration_outside_trocar(base, tip, self.eye_geometry()) * 1000.0
 
     def _observation(self) -> dict:
         qpos_noise = self._qpos_rng.normal(0.0, self._params["dr_qpos_noise_std"], size=6)

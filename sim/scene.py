@@ -33,6 +33,8 @@ EYE_RADIUS = 0.0125  # m, a human eye
 EYE_CENTER_HEIGHT = 0.12  # m above the table top
 TROCAR_POLAR_ANGLE = np.deg2rad(35.0)  # entry point, from the top of the eye towards the robot
 TROCAR_HUB_HEIGHT = 0.004  # m, from the sclera to the top of the hub (the entry site)
+CANNULA_RADIUS = 0.0008  # m, the trocar's tube through the eye wall, along the insertion axis
+CANNULA_INNER_LENGTH = 0.001  # m, how far the tube reaches inside the sclera
 INSERTION_DEPTH = 0.0275  # m, from the entry site along the trocar axis
 HOLDER_LENGTH = 0.035  # m, flange to needle base
 NEEDLE_LENGTH = 0.040  # m
@@ -149,7 +151,8 @@ def _phantom_xml() -> str:
         ' material="iris"/>'
         f'<geom type="cylinder" fromto="{_fmt(top - [0, 0, 0.0010])} {_fmt(top + [0, 0, 0.0001])}" size="0.0022"'
         ' material="pupil"/>'
-        f'<geom type="cylinder" fromto="{_fmt(sclera_point - 0.001 * outward)} {_fmt(entry)}" size="0.0008"'
+        f'<geom type="cylinder" fromto="{_fmt(sclera_point - CANNULA_INNER_LENGTH * outward)} {_fmt(entry)}"'
+        f' size="{CANNULA_RADIUS}"'
         ' material="needle"/>'
         f'<geom type="cylinder" fromto="{_fmt(entry - 0.0015 * outward)} {_fmt(entry)}" size="0.0019"'
         ' material="trocar"/>'

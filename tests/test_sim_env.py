@@ -1,12 +1,15 @@
-"""The gymnasium environment: API, determinism for a seed, domain randomization ranges, servo tracking."""
+"""The gymnasium environment: API, determinism for a seed, domain randomization ranges, servo tracking, the
+needle's penetration of the eye beside the trocar."""
 
 import cv2
 import numpy as np
 import pytest
+from needle_paths import PokeBesideTheTrocar
 
 from sim.env import NeedleInsertionEnv
 from sim.kinematics import JOINT_LIMITS
 from sim.randomization import DomainRandomization, PhantomPlacement
+from sim.safety import EyeGeometry, penetration_outside_trocar
 from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS, TEXTURED_MATERIALS
 
 WIDTH, HEIGHT = 64, 48
@@ -51,7 +54,8 @@ def test_reset_and_step_follow_the_gymnasium_api(env):
     observation, reward, terminated, truncated, info = env.step(env.commanded_qpos().astype(np.float32))
     assert env.observation_space.contains(observation)
     assert isinstance(reward, float) and terminated is False and truncated is False
-    for key in ("success", "in_tolerance", "tip_error_mm", "axis_error_deg", "tracking_error_mm", "time_s"):
+    for key in ("success", "in_tolerance", "tip_error_mm", "axis_error_deg", "tracking_error_mm", "time_s",
+                "penetration_outside_trocar_mm"):
         assert key in info
     assert info["time_s"] == pytest.approx(1 / 15)
     # Cameras see different things.
@@ -219,3 +223,42 @@ def test_rendering_can_be_switched_on_mid_episode_with_this_episodes_textures():
             np.testing.assert_array_equal(late[camera], expected[camera])
     env.close()
     reference.close()
+
+
+# An eye of radius 10 mm at the origin, its cannula coming in from above along -z through the wall at z = 10 mm.
+HAND_EYE = EyeGeometry(center=np.zeros(3), radius=0.010, cannula_outer=np.array([0.0, 0.0, 0.014]),
+                       cannula_inner=np.array([0.0, 0.0, 0.009]), cannula_radius=0.0008)
+
+
+@pytest.mark.parametrize(
+    "base, tip, depth_mm",
+    [
+        ((0, 0, 20), (0, 0, -5), 0.0),  # down the cannula, deep into the eye
+        ((4, 0, 30), (-2, 0, -5), 0.0),  # tilted, pivoting in the cannula (it crosses the wall at x = 0.57 mm)
+        ((3, 0, 30), (3, 0, 12), 0.0),  # above the eye
+        ((3, 0, 30), (3, 0, 4), 5.0),  # 3 mm beside the cannula: the tip is 5 mm from the centre
+        ((3, 0, 30), (3, 0, -30), 7.0),  # straight through the eye beside it: nearest point (3, 0, 0)
+        ((0, 0, -30), (0, 0, -6), 4.0),  # on the cannula's axis, but in through the far wall
+        ((20, 0, 0), (9, 0, 0), 1.0),  # sideways
+    ],
+)
+def test_penetration_outside_the_trocar_by_hand(base, tip, depth_mm):
+    depth = penetration_outside_trocar(np.array(base) / 1000, np.array(tip) / 1000, HAND_EYE)
+    assert depth * 1000 == pytest.approx(depth_mm, abs=1e-9)
+
+
+def test_a_needle_pushed_through_the_eye_wall_beside_the_trocar_is_measured(env):
+    """The tip pushed 2 mm deep through the wall 3 mm beside the trocar, commanded through sim's IK: the step info
+    reports 2 mm at the deepest (the servos settle within 0.01 mm), 0 before and after."""
+    poke = PokeBesideTheTrocar(offset=0.003, depth=0.002, then_expert=False)
+    observation, info = env.reset(seed=4)
+    assert info["penetration_outside_trocar_mm"] == 0.0
+    poke.reset(env, seed=4)
+    depths = []
+    for _ in range(len(poke.path) + 5):
+        observation, _, _, _, info = env.step(poke.act(observation))
+        depths.append(info["penetration_outside_trocar_mm"])
+    assert max(depths) == pytest.approx(2.0, abs=0.01)
+    assert depths[0] == 0.0 and depths[-1] == 0.0
+    inside = np.flatnonzero(depths)
+    assert len(inside) >= 0.5 * 15 and np.all(np.diff(inside) == 1)  # in once, for the hold at least, then out
