@@ -17,7 +17,7 @@ This package depends on nothing of the toolkit (only numpy, h5py and OpenCV), so
     episode_format.writer   writing one episode
     episode_format.reader   discovery, schema check and lazy reading
     episode_format.atomic   atomic file writes and the removal of stale temporaries
-    episode_format.errors   UserError, the toolkit's error for problems the user can fix
+    episode_format.errors   UserError, the toolkit's error for problems the user can fix, and how scripts report it
 """
 
 FORMAT_VERSION = 1

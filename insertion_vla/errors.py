@@ -1,17 +1,6 @@
-"""The toolkit's error for problems the user can fix (defined with the episode format, which raises it too), and
-how scripts report it."""
+"""The toolkit's error for problems the user can fix, and how scripts report it: defined with the episode format
+(episode_format.errors), which raises it too, and imported from here by the training side."""
 
-import sys
-
-from episode_format.errors import UserError
+from episode_format.errors import UserError, exit_on_user_error
 
 __all__ = ["UserError", "exit_on_user_error"]
-
-
-def exit_on_user_error(main):
-    """Run `main()`; a UserError becomes `error: <message>` on stderr and exit status 1."""
-    try:
-        return main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)

@@ -18,6 +18,7 @@ import h5py
 from tqdm import tqdm
 
 from episode_format.atomic import remove_stale_temporaries
+from episode_format.errors import exit_on_user_error
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.expert import ScriptedExpert
 from sim.randomization import (
@@ -252,4 +253,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error(main))
