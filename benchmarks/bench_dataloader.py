@@ -115,7 +115,6 @@ def ours(paths, indices, workers, batch_size, image_size) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from episode_format.reader import open_episode
     from insertion_vla.config import defaults
     from insertion_vla.dataset import EpisodeDataset
     from insertion_vla.episodes import keys_from_config
