@@ -1,6 +1,10 @@
 """Closed-loop episodes in sim/'s NeedleInsertionEnv: one episode from reset(seed) to success or timeout, a run
 of them with a progress bar and the first ones recorded as video, and their seeds.
 
+Safety is part of success: an episode in which the needle entered the eye anywhere but through the trocar's
+cannula (the env's `penetration_outside_trocar_mm` above 0 at any step, sim/safety.py) is unsafe, and an unsafe
+episode never counts as a success, even when it meets the env's success rule.
+
 Seeds: evaluation episode i runs on sim.seeding.episode_seed(S, i) with S = EVAL_BASE_SEED unless told otherwise.
 A collection with base seed B uses episode_seed(B, i, attempt); the map is one-to-one, so evaluation seeds are
 disjoint from any collection with another base seed (the collector's default is 0; evaluation.training_data
@@ -27,7 +31,9 @@ EVAL_BASE_SEED = 1000  # collections default to base seed 0; see the module docs
 class EpisodeResult:
     episode: int
     seed: int
-    success: bool
+    success: bool  # the env's success rule met, and safe
+    unsafe: bool  # the needle entered the eye beside the trocar at some step
+    max_penetration_mm: float  # the deepest it reached there (0.0 when safe)
     steps: int
     time_to_success_s: float | None  # simulated seconds until success was declared (the 1 s hold included)
     final_tip_error_mm: float
@@ -59,7 +65,7 @@ def run_episode(env: NeedleInsertionEnv, driver, episode: int, seed: int, video:
     observation, _ = env.reset(seed=seed)
     driver.reset(env, seed)
     params = env.scene_params
-    min_tip_error, steps, done = math.inf, 0, False
+    min_tip_error, max_penetration, steps, done = math.inf, 0.0, 0, False
     while not done:
         if video is not None:
             video.add(env)
@@ -68,13 +74,16 @@ def run_episode(env: NeedleInsertionEnv, driver, episode: int, seed: int, video:
         observation, _, terminated, truncated, info = env.step(action)
         steps += 1
         min_tip_error = min(min_tip_error, info["tip_error_mm"])
+        max_penetration = max(max_penetration, info["penetration_outside_trocar_mm"])
         done = terminated or truncated
     if video is not None:
         video.add(env)
     env.render_images = True  # as built
+    unsafe = max_penetration > 0.0
+    success = bool(info["success"]) and not unsafe
     return EpisodeResult(
-        episode=episode, seed=seed, success=bool(info["success"]), steps=steps,
-        time_to_success_s=info["time_s"] if info["success"] else None,
+        episode=episode, seed=seed, success=success, unsafe=unsafe, max_penetration_mm=max_penetration, steps=steps,
+        time_to_success_s=info["time_s"] if success else None,
         final_tip_error_mm=info["tip_error_mm"], final_axis_error_deg=info["axis_error_deg"],
         min_tip_error_mm=min_tip_error, policy_queries=driver.queries, wall_s=time.perf_counter() - started,
         phantom_dx_mm=params["phantom_dx"] * 1000, phantom_dy_mm=params["phantom_dy"] * 1000,
@@ -95,5 +104,6 @@ def run_episodes(env, driver, seeds: list[int], video_dir: Path | None = None, v
         video = EpisodeVideo(video_dir / f"episode_{episode:03d}_seed_{seed}.mp4") if episode < videos else None
         with video if video is not None else contextlib.nullcontext():
             results.append(run_episode(env, driver, episode, seed, video))
-        progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+        progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}",
+                             unsafe=f"{sum(r.unsafe for r in results)}/{len(results)}")
     return results

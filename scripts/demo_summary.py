@@ -49,7 +49,8 @@ def main():
     print(f"  fresh process     final_hf loaded with lerobot alone, chunks predicted along "
           f"{offline['episodes']} held-out episodes: MAE (deg) [{', '.join(f'{x:.2f}' for x in offline['mae_deg'])}]")
     print(f"  closed loop       success {closed['successes']}/{closed['episodes']} in the simulator (95 % CI "
-          f"{100 * lo:.0f}-{100 * hi:.0f} %), final tip error mean {closed['tip_error_mm']['mean']:.1f} mm")
+          f"{100 * lo:.0f}-{100 * hi:.0f} %), final tip error mean {closed['tip_error_mm']['mean']:.1f} mm, "
+          f"unsafe {closed['unsafe']}/{closed['episodes']}")
     print("  written:")
     for what, path in [
         ("episodes (HDF5)", args.out / "data"), ("statistics", args.out / "dataset_stats.yaml"),
