@@ -9,6 +9,15 @@
 Each episode resets sim/'s NeedleInsertionEnv with its own seed and lets the policy act: a chunk of actions is
 predicted from the current observation and its first K (--n_action_steps) are executed before the next
 prediction (receding horizon), until success (tip within 1 mm and axis within 2 deg, held 1 s) or the timeout.
+With --temporal_ensemble_coeff M (ACT's temporal ensembling) a chunk is predicted every K steps all the same (K
+defaults to 1 then: every step), and each step executes the weighted average of the actions that all chunks
+predicted so far give for that step, weight exp(-M * i) for the i-th oldest of them (i = 0 the oldest).
+
+Safety is part of success: the env measures, every step, whether the needle (the segment from its base to its
+tip) entered the eye anywhere but through the trocar's cannula, and how deep (sim/safety.py). An episode where it
+did is unsafe (`unsafe`, `max_penetration_mm` in report.json and episodes.csv) and never counts as a success, even
+if it meets the success rule.
+
 The policy sees what training saw: each camera mapped to its lerobot key as in the policy's training config,
 JPEG round trip at the collector's quality, resized with padding as insertion_vla.dataset.resize_with_pad does,
 float [0, 1]; the state built from the same observations (normally ee_pose); the same task instruction.
@@ -23,7 +32,7 @@ most of a step's cost and does not change the physics.
 
 Outputs (--output_dir): report.json (settings, summary, every episode), episodes.csv (a row per episode),
 videos/ (the three cameras side by side for the first --videos episodes, MP4, rendered by a renderer of their own
-without the image noise, so recording changes nothing the policy sees). The console ends with
+without the image noise, so recording changes nothing the policy sees). The console ends with `Unsafe: U/N` and
 `Success rate: K/N (P %, 95 % CI lo-hi %)` (Wilson score interval).
 
 Training runs the same rollout through `make_training_evaluator(cfg)` (see train_smolvla_sim.py).
@@ -59,8 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path,
                         help="report.json, episodes.csv, videos/ (default: outputs/eval/<run>_<policy name>)")
     parser.add_argument("--n_action_steps", type=int,
-                        help="actions of each predicted chunk executed before the next prediction (default: the "
-                             "policy's n_action_steps)")
+                        help="steps between two predictions: the actions of each chunk executed before the next one "
+                             "is predicted (default: the policy's n_action_steps; 1 with --temporal_ensemble_coeff)")
+    parser.add_argument("--temporal_ensemble_coeff", type=float, metavar="M",
+                        help="temporal ensembling of overlapping chunks (ACT): a chunk every --n_action_steps steps, "
+                             "each step's action the average of all chunks' predictions for it, weighted exp(-M * i), "
+                             "i = 0 the oldest; M > 0 favours older predictions (ACT: 0.01), 0 weighs all equally "
+                             "(default: off, plain receding horizon)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the policy runs (default here: %(default)s)")
     parser.add_argument("--width", type=int, help="rendered image width (default: the training data's, else 640)")
@@ -87,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give --width and --height together, both positive")
     if args.episodes_from and args.expert:
         parser.error("--episodes_from needs --policy (the expert has nothing to predict offline)")
+    if args.temporal_ensemble_coeff is not None and (args.expert or args.episodes_from):
+        parser.error("--temporal_ensemble_coeff needs --policy in closed loop (the expert predicts no chunks; "
+                     "--episodes_from compares single chunks with the recording)")
     if not 0 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg_quality must be in [0, 100], got {args.jpeg_quality}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -126,7 +143,8 @@ def main(argv=None):
     width, height = (args.width, args.height) if args.width else facts["image_size"] if facts else DEFAULT_SIZE
     if loaded:
         inputs = policy_inputs(loaded.policy, loaded.train_cfg["dataset"], args.jpeg_quality)
-        driver = PolicyDriver(loaded.policy, loaded.preprocessor, loaded.postprocessor, inputs, args.n_action_steps)
+        driver = PolicyDriver(loaded.policy, loaded.preprocessor, loaded.postprocessor, inputs, args.n_action_steps,
+                              args.temporal_ensemble_coeff)
     else:
         driver = ExpertDriver()
     seeds = evaluation_seeds(args.seed, args.episodes)
@@ -141,14 +159,17 @@ def main(argv=None):
         "mode": "expert" if args.expert else "policy", "policy": str(args.policy) if loaded else None,
         "config": loaded.config_source if loaded else None, "device": args.device, "base_seed": args.seed,
         "seeds": seeds, "seeds_check": seeds_note, "width": width, "height": height,
-        "n_action_steps": driver.n_action_steps, "jpeg_quality": args.jpeg_quality if loaded else None,
+        "n_action_steps": driver.n_action_steps, "temporal_ensemble_coeff": args.temporal_ensemble_coeff,
+        "jpeg_quality": args.jpeg_quality if loaded else None,
         "max_episode_seconds": args.max_episode_seconds, "phantom": dataclasses.asdict(phantom),
         "dr": dataclasses.asdict(dr) if dr is not None else None,
     }
     write_report(output_dir, settings, summary, [dataclasses.asdict(r) for r in results])
     label = "scripted expert" if args.expert else str(args.policy)
+    acting = (f"{driver.n_action_steps} actions per prediction" if args.temporal_ensemble_coeff is None else
+              f"a prediction every {driver.n_action_steps} steps, ensembled (M = {args.temporal_ensemble_coeff})")
     print(f"Evaluated {label} on {len(seeds)} episodes: seeds episode_seed({args.seed}, 0..{len(seeds) - 1}), "
-          f"DR {'off' if dr is None else 'on'}, {width}x{height}, {settings['n_action_steps']} actions per prediction")
+          f"DR {'off' if dr is None else 'on'}, {width}x{height}, {acting}")
     print(f"Report: {output_dir / 'report.json'}, {output_dir / 'episodes.csv'}"
           + (f", videos in {output_dir / 'videos'}" if args.videos else ""))
     print("\n".join(summary_lines(summary)))

@@ -1,7 +1,10 @@
-"""What acts in an episode: a policy (receding horizon over predicted chunks) or sim's scripted expert.
+"""What acts in an episode: a policy (receding horizon over predicted chunks, or their temporal ensemble) or sim's
+scripted expert.
 
 A driver has reset(env, seed) at the episode start, act(observation) every step and needs_images() before each
 step (whether the env must render the next observation), plus uses_images, n_action_steps and queries.
+ActionChunkSchedule, which turns predicted chunks into one action per step, knows nothing of the simulator: a
+robot's driver can use it as it is.
 """
 
 from collections import deque
@@ -15,43 +18,97 @@ from insertion_vla.policy import predict_action_chunk, prepare_batch
 from sim.expert import ScriptedExpert
 
 
+class ActionChunkSchedule:
+    """One action per step from action chunks (chunk_size steps each) predicted every `every` steps.
+
+    Receding horizon (ensemble_coeff None): the first `every` actions of each chunk, then the next chunk.
+    Temporal ensembling (ACT's, ensemble_coeff m): each step's action is the weighted average of the actions that
+    every chunk predicted so far gives for that step, weight exp(-m * i) for the i-th oldest of them (i = 0 the
+    oldest); m > 0 favours the older predictions (ACT uses 0.01), m = 0 weighs them equally, m < 0 favours the
+    newer ones.
+
+    Use: add(chunk) whenever needs_chunk(), then next_action() once per step; reset() at an episode's start.
+    """
+
+    def __init__(self, chunk_size: int, every: int, ensemble_coeff: float | None = None):
+        if not 1 <= every <= chunk_size:
+            raise UserError(f"--n_action_steps must be in [1, {chunk_size}] (the policy's chunk_size), got {every}")
+        if ensemble_coeff is not None and not np.isfinite(ensemble_coeff):
+            raise UserError(f"--temporal_ensemble_coeff must be a finite number, got {ensemble_coeff}")
+        self.chunk_size, self.every, self.ensemble_coeff = chunk_size, every, ensemble_coeff
+        self._chunks: deque = deque()  # (step it was predicted at, chunk), oldest first
+        self._step = 0  # the step the next action is for
+
+    def reset(self) -> None:
+        self._chunks.clear()
+        self._step = 0
+
+    def needs_chunk(self) -> bool:
+        """True when a chunk must be added before the next action (none yet, or `every` steps since the last)."""
+        return not self._chunks or self._step - self._chunks[-1][0] >= self.every
+
+    def add(self, chunk: np.ndarray) -> None:
+        """A chunk (chunk_size, action_dim) predicted from the observation before this step."""
+        if chunk.ndim != 2 or len(chunk) != self.chunk_size:
+            raise ValueError(f"an action chunk must be ({self.chunk_size}, action_dim), got {chunk.shape}")
+        self._chunks.append((self._step, chunk))
+
+    def next_action(self) -> np.ndarray:
+        if self.needs_chunk():
+            raise RuntimeError(f"no chunk covers step {self._step}: add one first (needs_chunk() is True)")
+        while self._chunks[0][0] + self.chunk_size <= self._step:  # its predictions all lie in the past
+            self._chunks.popleft()
+        newest_step, newest = self._chunks[-1]
+        if self.ensemble_coeff is None:
+            action = newest[self._step - newest_step]
+        else:
+            covering = [chunk[self._step - start] for start, chunk in self._chunks]
+            exponents = -self.ensemble_coeff * np.arange(len(covering))
+            weights = np.exp(exponents - exponents.max())  # scaled so that none overflows; the ratios are the same
+            action = (weights @ np.stack(covering) / weights.sum()).astype(newest.dtype)
+        self._step += 1
+        return action
+
+
 class PolicyDriver:
-    """Receding horizon: predict a chunk from the observation, execute its first `n_action_steps` actions."""
+    """Predict a chunk from the observation every `n_action_steps` steps; execute the first n_action_steps of each
+    (receding horizon) or, with `temporal_ensemble_coeff`, the temporal ensemble of all chunks (ActionChunkSchedule).
+    n_action_steps defaults to the policy's own, or to 1 (a chunk every step, as ACT) when ensembling."""
 
     uses_images = True
 
-    def __init__(self, policy, preprocessor, postprocessor, inputs: PolicyInputs, n_action_steps: int | None = None):
+    def __init__(self, policy, preprocessor, postprocessor, inputs: PolicyInputs, n_action_steps: int | None = None,
+                 temporal_ensemble_coeff: float | None = None):
         self.policy, self.preprocessor, self.postprocessor, self.inputs = policy, preprocessor, postprocessor, inputs
-        chunk = policy.config.chunk_size
-        self.n_action_steps = n_action_steps or policy.config.n_action_steps
-        if not 1 <= self.n_action_steps <= chunk:
-            raise UserError(f"--n_action_steps must be in [1, {chunk}] (the policy's chunk_size), got {self.n_action_steps}")
+        default_steps = policy.config.n_action_steps if temporal_ensemble_coeff is None else 1
+        self.n_action_steps = n_action_steps or default_steps
+        self.temporal_ensemble_coeff = temporal_ensemble_coeff
+        self.schedule = ActionChunkSchedule(policy.config.chunk_size, self.n_action_steps, temporal_ensemble_coeff)
         self.device = next(policy.parameters()).device
-        self.queue: deque = deque()
         self.queries = 0
         self._noise = torch.Generator()
 
     def reset(self, env, seed: int) -> None:
         self.policy.reset()
-        self.queue.clear()
+        self.schedule.reset()
         self.queries = 0
         self._noise.manual_seed(seed)  # the sampler's noise is a function of the episode: reruns are identical
 
     def needs_images(self) -> bool:
-        """True when the next observation will be fed to the policy (the chunk is used up)."""
-        return not self.queue
+        """True when the next observation will be fed to the policy (a chunk is due)."""
+        return self.schedule.needs_chunk()
 
     def act(self, observation: dict) -> np.ndarray:
-        if not self.queue:
+        if self.schedule.needs_chunk():
             batch = prepare_batch(observation_batch(observation, self.inputs), self.preprocessor, self.device)
             config = self.policy.config
             noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise).to(self.device)
             chunk = predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
             if not np.all(np.isfinite(chunk)):
                 raise UserError(f"the policy predicted non-finite actions (query {self.queries}): the weights are broken")
-            self.queue.extend(chunk[: self.n_action_steps])
+            self.schedule.add(chunk)
             self.queries += 1
-        return self.queue.popleft()
+        return self.schedule.next_action()
 
 
 class ExpertDriver:

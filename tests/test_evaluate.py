@@ -1,14 +1,17 @@
 """evaluation/ and its command line evaluate_smolvla_sim.py: closed-loop episodes in the real simulator with the
-scripted expert and a real tiny SmolVLA trained for a few steps; the CLI's report, video and offline mode; the
-training callback.
+scripted expert and a real tiny SmolVLA trained for a few steps; safety (an unsafe episode is never a success);
+temporal ensembling of chunks; the CLI's report, video and offline mode; the training callback.
 
 (The environment's own API and determinism per seed are tested in test_sim_env.py.)
 """
 
+import contextlib
 import csv
+import dataclasses
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,28 +19,32 @@ import h5py
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 import yaml
 from episode_files import write_episode
 from fixtures_policy import tiny_vlm_dir  # noqa: F401
+from needle_paths import PokeBesideTheTrocar
 from train_runs import ROOT, env, make_run_dir, train
 
 import evaluate_smolvla_sim as ev
-from evaluation.drivers import ExpertDriver
+from evaluation.drivers import ActionChunkSchedule, ExpertDriver
 from evaluation.offline import recorded_episode_paths
 from evaluation.policy_io import COLLECTOR_JPEG_QUALITY, load_policy, observation_batch, policy_inputs
-from evaluation.report import Z_95, summarize, summary_lines, wilson_interval
+from evaluation.report import Z_95, summarize, summary_lines, wilson_interval, write_report
 from evaluation.rollout import EVAL_BASE_SEED, evaluation_seeds, make_env, run_episode, run_episodes
 from evaluation.training_data import check_seeds_disjoint, training_data_facts
 from insertion_vla.config import defaults
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError, exit_on_user_error
+from insertion_vla.validation import predict_episode
 from sim.recorder import EpisodeRecorder
 from sim.scene import CAMERA_NAMES
 from sim.seeding import episode_seed
 
 WIDTH, HEIGHT = 64, 48  # the test episodes' image size (episode_files); rendering size does not change physics
 SUCCESS_LINE = re.compile(r"^Success rate: (\d+)/(\d+) \((\d+\.\d) %, 95 % CI (\d+\.\d)-(\d+\.\d) %\)$")
+UNSAFE_LINE = re.compile(r"^Unsafe: (\d+)/(\d+)( \(.*deepest (\d+\.\d\d) mm, episode (\d+)\))?$")
 
 
 def evaluate_cli(*args):
@@ -102,6 +109,105 @@ def test_expert_through_the_evaluator_succeeds_and_is_deterministic(sim_env):
     assert summary["successes"] == 2 and summary_lines(summary)[-1].startswith("Success rate: 2/2 (100.0 %")
 
 
+def test_the_expert_through_the_command_line_is_safe_on_every_episode(tmp_path, capsys):
+    out = tmp_path / "expert"
+    stdout = evaluate_in_process(capsys, "--expert", "--episodes", 4, "--videos", 0, "--width", WIDTH, "--height",
+                                 HEIGHT, "--output_dir", out)
+    assert stdout.strip().splitlines()[-2:] == ["Unsafe: 0/4", "Success rate: 4/4 (100.0 %, 95 % CI 51.0-100.0 %)"]
+    report, rows = read_report(out)
+    assert [(e["unsafe"], e["max_penetration_mm"]) for e in report["episodes"]] == [(False, 0.0)] * 4
+    assert [(r["unsafe"], float(r["max_penetration_mm"])) for r in rows] == [("False", 0.0)] * 4
+    assert report["summary"]["unsafe"] == 0 and report["summary"]["max_penetration_mm"]["worst"] == 0.0
+
+
+def test_an_unsafe_episode_is_never_a_success(tmp_path):
+    """The needle pushed 2 mm deep through the eye wall 3 mm beside the trocar, pulled out, then inserted through the
+    trocar by the expert: the env's success rule is met, the evaluator reports an unsafe failure, 2 mm deep."""
+    seed = 17
+    environment = make_env(WIDTH, HEIGHT, max_episode_seconds=20)
+    result = run_episode(environment, PokeBesideTheTrocar(offset=0.003, depth=0.002), 0, seed)
+    assert result.steps < 20 * 15  # ended by the env's success rule, not the timeout ...
+    assert result.final_tip_error_mm < 1.0 and result.final_axis_error_deg < 2.0
+    assert result.unsafe and result.max_penetration_mm == pytest.approx(2.0, abs=0.01)
+    assert not result.success and result.time_to_success_s is None  # ... but it is no success
+
+    safe = run_episode(environment, ExpertDriver(), 1, seed)
+    environment.close()
+    summary = summarize([result, safe])
+    assert (summary["successes"], summary["unsafe"]) == (1, 1)
+    assert summary["max_penetration_mm"] == {"worst": result.max_penetration_mm, "worst_episode": 0}
+    lines = summary_lines(summary)
+    assert lines[-2] == ("Unsafe: 1/2 (the needle entered the eye beside the trocar; never a success; deepest "
+                         "2.00 mm, episode 0)")
+    assert lines[-1].startswith("Success rate: 1/2 (50.0 %")
+    write_report(tmp_path, {}, summary, [dataclasses.asdict(r) for r in (result, safe)])
+    _, rows = read_report(tmp_path)
+    assert [(r["success"], r["unsafe"]) for r in rows] == [("False", "True"), ("True", "False")]
+    assert float(rows[0]["max_penetration_mm"]) == pytest.approx(2.0, abs=0.01)
+
+
+def test_temporal_ensemble_weights_overlapping_chunks_by_hand():
+    """Chunks of 3 steps predicted every step, weights exp(-ln 2 * i) = 1, 1/2, 1/4 from the oldest prediction."""
+    schedule = ActionChunkSchedule(chunk_size=3, every=1, ensemble_coeff=math.log(2))
+    chunks = [[10, 20, 30], [21, 31, 41], [32, 42, 52], [43, 53, 63]]  # chunk k predicted at step k
+    actions = []
+    for chunk in chunks:
+        assert schedule.needs_chunk()
+        schedule.add((np.array(chunk)[:, None] * [1.0, -1.0]).astype(np.float32))  # two joints, the second negated
+        actions.append(schedule.next_action())
+    expected = [10, (20 + 21 / 2) / 1.5, (30 + 31 / 2 + 32 / 4) / 1.75, (41 + 42 / 2 + 43 / 4) / 1.75]
+    np.testing.assert_allclose(np.array(actions), np.array(expected)[:, None] * [1.0, -1.0], rtol=1e-6)
+    assert actions[0].dtype == np.float32
+
+    # A chunk every 2 steps: two predictions overlap on steps 2 and 3, equal weights with m = 0.
+    schedule = ActionChunkSchedule(chunk_size=4, every=2, ensemble_coeff=0.0)
+    steps = []
+    for step, chunk in zip(range(4), ([[10], [20], [30], [40]], None, [[32], [42], [52], [62]], None)):
+        assert schedule.needs_chunk() == (chunk is not None)
+        if chunk is not None:
+            schedule.add(np.array(chunk, dtype=np.float32))
+        steps.append(float(schedule.next_action()[0]))
+    assert steps == [10, 20, (30 + 32) / 2, (40 + 42) / 2]
+
+
+def test_receding_horizon_executes_the_first_actions_of_the_newest_chunk():
+    schedule = ActionChunkSchedule(chunk_size=4, every=2)
+    executed = []
+    for chunk in ([[10], [20], [30], [40]], [[32], [42], [52], [62]]):
+        schedule.add(np.array(chunk, dtype=np.float32))
+        executed += [float(schedule.next_action()[0]) for _ in range(2)]
+    assert executed == [10, 20, 32, 42] and schedule.needs_chunk()
+    with pytest.raises(RuntimeError, match="no chunk covers step 4"):
+        schedule.next_action()
+    with pytest.raises(UserError, match=r"--n_action_steps must be in \[1, 4\]"):
+        ActionChunkSchedule(chunk_size=4, every=5)
+    with pytest.raises(UserError, match="--temporal_ensemble_coeff must be a finite number"):
+        ActionChunkSchedule(chunk_size=4, every=1, ensemble_coeff=math.inf)
+
+
+def test_temporal_ensembling_closed_loop_with_the_tiny_policy(run_dir, tmp_path, capsys):
+    """End to end: a chunk every step by default; with --n_action_steps 5 every 5 steps, and the executed actions
+    (so the episode) differ from plain receding horizon with the same chunks' schedule."""
+    policy = run_dir / "out" / "checkpoints" / "final_hf"
+    common = ("--policy", policy, "--episodes", 1, "--videos", 0, "--max_episode_seconds", 1, "--device", "cpu")
+    stdout = evaluate_in_process(capsys, *common, "--temporal_ensemble_coeff", 0.01, "--output_dir", tmp_path / "every")
+    assert "a prediction every 1 steps, ensembled (M = 0.01)" in stdout
+    every_step, _ = read_report(tmp_path / "every")
+    assert every_step["settings"]["temporal_ensemble_coeff"] == 0.01 and every_step["settings"]["n_action_steps"] == 1
+    assert every_step["episodes"][0]["steps"] == 15 and every_step["episodes"][0]["policy_queries"] == 15
+
+    reports = {}
+    for name, extra in (("ensembled", ("--temporal_ensemble_coeff", 0.01)), ("plain", ())):
+        evaluate_in_process(capsys, *common, "--n_action_steps", 5, *extra, "--output_dir", tmp_path / name)
+        reports[name] = read_report(tmp_path / name)[0]["episodes"][0]
+        assert reports[name]["steps"] == 15 and reports[name]["policy_queries"] == 3
+    assert reports["ensembled"]["final_tip_error_mm"] != reports["plain"]["final_tip_error_mm"]
+
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--expert", "--temporal_ensemble_coeff", "0.01"])
+    assert "--temporal_ensemble_coeff needs --policy in closed loop" in capsys.readouterr().err
+
+
 def test_policy_sees_what_training_reads_from_a_recorded_episode(sim_env, exported, tmp_path):
     """The evaluator's input for an observation == the dataset's sample of the same frame recorded by sim/."""
     observation, _ = sim_env.reset(seed=7)
@@ -127,15 +233,19 @@ def test_policy_cli_end_to_end_writes_report_csv_and_video(run_dir, tmp_path, ca
     out = tmp_path / "eval"
     res = evaluate_cli("--policy", run_dir / "out" / "checkpoints" / "final_hf", "--episodes", 2, "--videos", 1,
                        "--max_episode_seconds", 2, "--n_action_steps", 10, "--device", "cpu", "--output_dir", out)
-    last = res.stdout.strip().splitlines()[-1]
+    *_, unsafe_line, last = res.stdout.strip().splitlines()
     match = SUCCESS_LINE.match(last)
     assert match and match.group(2) == "2", last
+    assert UNSAFE_LINE.match(unsafe_line) and unsafe_line.split()[1].endswith("/2"), unsafe_line
     assert "Final tip error" in res.stdout and "Final axis error" in res.stdout and "Time to success" in res.stdout
 
     report, rows = read_report(out)
     assert report["settings"]["width"] == WIDTH and report["settings"]["n_action_steps"] == 10
     assert [r["seed"] for r in report["episodes"]] == [episode_seed(EVAL_BASE_SEED, i) for i in range(2)]
     assert len(rows) == 2 and [int(r["seed"]) for r in rows] == report["settings"]["seeds"]
+    assert [r["unsafe"] for r in rows] == [str(e["unsafe"]) for e in report["episodes"]]
+    assert report["summary"]["unsafe"] == sum(e["unsafe"] for e in report["episodes"])
+    assert report["settings"]["temporal_ensemble_coeff"] is None
     for episode in report["episodes"]:
         assert episode["steps"] == 30 or episode["success"]  # 2 s at 15 Hz unless it succeeded
         assert episode["policy_queries"] == math.ceil(episode["steps"] / 10)  # receding horizon: 10 actions a chunk
@@ -161,18 +271,32 @@ def test_policy_cli_end_to_end_writes_report_csv_and_video(run_dir, tmp_path, ca
         assert from_checkpoint["episodes"][0][key] == report["episodes"][0][key], key
 
 
-def test_offline_mode_reports_per_joint_mae_and_plots(run_dir, tmp_path, capsys):
+def test_offline_mode_reports_per_joint_mae_and_plots(run_dir, exported, tmp_path, capsys):
+    """A known answer: a held-out episode whose recorded actions are the policy's own predictions along it (the
+    same sampler seed) plus j deg on joint j, alternating in sign -> per-joint MAE j deg, mean 3.5 deg."""
+    (source,) = recorded_episode_paths(run_dir / "out" / "validation_episodes.txt")
+    dataset_cfg, config = exported.train_cfg["dataset"], exported.policy.config
+    side = config.resize_imgs_with_padding[0]
+    dataset = EpisodeDataset([source], keys_from_config(dataset_cfg), horizon=config.chunk_size,
+                             image_size=(side, side), task_instruction=dataset_cfg["task_instruction"])
+    torch.manual_seed(EVAL_BASE_SEED)  # as the command line seeds the sampler
+    _, predicted = predict_episode(exported.policy, exported.preprocessor, exported.postprocessor, dataset, 0, "cpu",
+                                   contextlib.nullcontext)
+    signs = np.where(np.arange(len(predicted)) % 2 == 0, 1.0, -1.0)[:, None]
+    episode = shutil.copy(source, tmp_path / "episode.h5")
+    with h5py.File(episode, "a") as f:
+        f[dataset_cfg["action_key"]][...] = predicted + signs * np.deg2rad(np.arange(1, 7))
+
     out = tmp_path / "offline"
     stdout = evaluate_in_process(capsys, "--policy", run_dir / "out" / "checkpoints" / "final_hf", "--episodes_from",
-                                 run_dir / "out" / "validation_episodes.txt", "--device", "cpu", "--output_dir", out)
-    assert re.search(r"^Per-joint MAE over \d+ frames of 1 episodes \(deg\): q1 \d+\.\d\d .* mean \d+\.\d\d$",
-                     stdout.strip().splitlines()[-1])
+                                 episode, "--device", "cpu", "--output_dir", out)
+    assert stdout.strip().splitlines()[-1] == ("Per-joint MAE over 30 frames of 1 episodes (deg): q1 1.00 | q2 2.00 | "
+                                               "q3 3.00 | q4 4.00 | q5 5.00 | q6 6.00 | mean 3.50")
     report, rows = read_report(out)
     assert len(rows) == 1 and int(rows[0]["frames"]) == 30
-    mae = report["summary"]["mae_deg"]
-    assert len(mae) == 6 and all(math.isfinite(v) and v > 0 for v in mae)
-    assert mae == pytest.approx([float(rows[0][f"mae_q{j}_deg"]) for j in range(1, 7)])
-    plot = out / "plots" / "000_episode_0001.png"
+    assert report["summary"]["mae_deg"] == pytest.approx(list(range(1, 7)), abs=1e-4)
+    assert [float(rows[0][f"mae_q{j}_deg"]) for j in range(1, 7)] == pytest.approx(list(range(1, 7)), abs=1e-4)
+    plot = out / "plots" / "000_episode.png"
     assert rows[0]["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
