@@ -14,7 +14,7 @@ from episode_format.reader import discover_episodes
 from insertion_vla.config import OVERRIDES_HELP, parse_args_and_config
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import exit_on_user_error
-from insertion_vla.stats import compute_stats, save_stats
+from insertion_vla.stats import CONSTANT_STD, compute_stats, near_constant_dims, save_stats
 
 
 def main():
@@ -46,6 +46,8 @@ def main():
         print(f"{feature}: {s['count']} frames, {len(s['mean'])} dims")
         print(f"  mean {s['mean'].round(4).tolist()}")
         print(f"  std  {s['std'].round(4).tolist()}")
+    for feature, dim, std in near_constant_dims(stats):
+        print(f"near-constant: {feature}[{dim}] has std {std:.2g} < {CONSTANT_STD:g}; training normalizes it to a constant")
     print(f"Wrote {args.output} in {time.perf_counter() - start:.1f} s")
 
 

@@ -6,6 +6,8 @@
     observations/ee_pose          float32 (T, 6): needle-tip x, y, z (m) and mobile XYZ Euler angles (rad)
     action                        float32 (T, 6): commanded joint positions, rad
     timestamp                     float32 (T,): seconds since the episode start
+    executed_action               float32 (T, 6), optional: the command actually sent when it differs from `action`
+                                  (the collector's --perturb_std noise); readers train on `action`
     attributes: task, format_version, and what the writer adds (the simulator: sim_seed, success, fps, image
     size, jpeg_quality, ee_pose_convention and every sampled scene value).
 
@@ -28,3 +30,4 @@ QPOS_KEY = "observations/qpos"
 EE_POSE_KEY = "observations/ee_pose"
 ACTION_KEY = "action"
 TIMESTAMP_KEY = "timestamp"
+EXECUTED_ACTION_KEY = "executed_action"

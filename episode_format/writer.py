@@ -5,7 +5,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from episode_format import ACTION_KEY, EE_POSE_KEY, FORMAT_VERSION, IMAGES_GROUP, QPOS_KEY, TIMESTAMP_KEY
+from episode_format import (
+    ACTION_KEY,
+    EE_POSE_KEY,
+    EXECUTED_ACTION_KEY,
+    FORMAT_VERSION,
+    IMAGES_GROUP,
+    QPOS_KEY,
+    TIMESTAMP_KEY,
+)
 from episode_format.atomic import atomic_output
 
 
@@ -18,9 +26,11 @@ def write_episode(
     action: np.ndarray,
     timestamp: np.ndarray,
     attrs: dict,
+    executed_action: np.ndarray | None = None,
 ) -> None:
     """Write an episode of T frames: `images` maps each camera to its T JPEG buffers (episode_format.jpeg), the
-    arrays have one row per frame, `attrs` become file attributes (next to format_version)."""
+    arrays have one row per frame, `attrs` become file attributes (next to format_version). executed_action: the
+    commands actually sent, where they differ from `action` (the demonstrated one)."""
     if not len(action):
         raise ValueError(f"refusing to write {path}: the episode has no frames")
     with atomic_output(path) as temporary, h5py.File(temporary, "w") as f:
@@ -32,6 +42,8 @@ def write_episode(
         f.create_dataset(EE_POSE_KEY, data=ee_pose)
         f.create_dataset(ACTION_KEY, data=action)
         f.create_dataset(TIMESTAMP_KEY, data=timestamp)
+        if executed_action is not None:
+            f.create_dataset(EXECUTED_ACTION_KEY, data=executed_action)
         f.attrs["format_version"] = FORMAT_VERSION
         for key, value in attrs.items():
             f.attrs[key] = value

@@ -1,7 +1,9 @@
 """What the policy's training episodes tell evaluation: the base seeds they were collected with (evaluation must
-not replay them) and their image size (evaluation renders the same)."""
+not replay them), their image size (evaluation renders the same) and the phantom placement range they were
+collected with (evaluation during training draws from the same)."""
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -9,6 +11,7 @@ import h5py
 from episode_format.reader import discover_episodes, open_episode
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
+from sim.randomization import PHANTOM_FLAG_PREFIX, PhantomPlacement
 
 DEFAULT_SIZE = (640, 480)  # the collector's default image size
 
@@ -19,16 +22,22 @@ def training_data_facts(dataset_cfg: dict) -> dict | None:
     if not root.is_dir():
         return None
     paths = discover_episodes(root)
-    base_seeds = set()
+    base_seeds, placements = set(), set()
+    names = [f.name for f in dataclasses.fields(PhantomPlacement)]
     for path in paths:
         with contextlib.suppress(OSError), h5py.File(path, "r") as f:  # a damaged file is training's to report
             if "base_seed" in f.attrs:
                 base_seeds.add(int(f.attrs["base_seed"]))
+            if all(PHANTOM_FLAG_PREFIX + name in f.attrs for name in names):
+                placements.add(tuple(float(f.attrs[PHANTOM_FLAG_PREFIX + name]) for name in names))
     keys = keys_from_config(dataset_cfg)
     camera = next(iter(keys.cameras))
     with open_episode(paths[0], keys) as episode:
         height, width = episode.read_image(camera, 0).shape[:2]
-    return {"root": str(root), "episodes": len(paths), "base_seeds": sorted(base_seeds), "image_size": (width, height)}
+    # one placement range shared by every file; otherwise (mixed, or files from before it was recorded) the default
+    placement = PhantomPlacement(**dict(zip(names, placements.pop()))) if len(placements) == 1 else PhantomPlacement()
+    return {"root": str(root), "episodes": len(paths), "base_seeds": sorted(base_seeds), "image_size": (width, height),
+            "phantom": placement}
 
 
 def check_seeds_disjoint(base_seed: int, facts: dict | None) -> str:

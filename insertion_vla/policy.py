@@ -28,6 +28,7 @@ from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_LANGUAGE_ATTENTION_M
 from torch import nn
 
 from insertion_vla.errors import UserError
+from insertion_vla.stats import floor_constant_dims
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +187,14 @@ def make_smolvla_config(
 
 
 def to_lerobot_stats(stats: dict, *, state_dim: int, action_dim: int, mode: NormalizationMode) -> dict:
-    """Our stats ({key: {stat: array}}) as lerobot's normalizer takes them, checked against the data's dims."""
+    """Our stats ({key: {stat: array}}) as lerobot's normalizer takes them, checked against the data's dims, with
+    near-constant dimensions normalized to a constant (insertion_vla.stats.floor_constant_dims)."""
     lerobot_stats = {}
     for key, dim in ((OBS_STATE, state_dim), (ACTION, action_dim)):
         if key not in stats:
             raise UserError(f"the stats have no {key!r} entry (found {sorted(stats)}); recompute them")
+    stats = floor_constant_dims({key: stats[key] for key in (OBS_STATE, ACTION)})
+    for key, dim in ((OBS_STATE, state_dim), (ACTION, action_dim)):
         entry = {
             name: np.asarray(value, dtype=np.float32) for name, value in stats[key].items() if name in NORMALIZER_STATS
         }

@@ -19,6 +19,11 @@ from insertion_vla.errors import UserError
 FEATURES = ("observation.state", "action")
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 MAKE_STATS_HINT = "bash compute_dataset_stats_sim.sh (or: python compute_dataset_stats.py --dataset_root DIR --output FILE)"
+# A dimension whose std is below this (in the data's units, m or rad: 0.1 mm, 0.006 deg) is constant for this task.
+# On the fixed tier the state's x, ry, rz differ only by float32 round-off (std ~1e-9) and the expert never turns
+# joint 6; lerobot's (x - mean) / (std + 1e-8) would feed that round-off to the policy as features of order 0.1-1.
+# Training normalizes such a dimension with this std instead (floor_constant_dims), which maps it to ~0.
+CONSTANT_STD = 1e-4
 
 
 class RunningStats:
@@ -114,6 +119,30 @@ def load_stats(path) -> dict:
         stats[feature] = {n: np.asarray(entry[n], dtype=np.float32) for n in STAT_NAMES}
         stats[feature]["count"] = int(entry.get("count", 0))
     return stats
+
+
+def near_constant_dims(stats: dict) -> list[tuple[str, int, float]]:
+    """(feature, dimension, std) of every dimension with std below CONSTANT_STD."""
+    return [(feature, int(dim), float(stats[feature]["std"][dim])) for feature in FEATURES
+            for dim in np.flatnonzero(np.asarray(stats[feature]["std"]) < CONSTANT_STD)]
+
+
+def floor_constant_dims(stats: dict) -> dict:
+    """A copy in which near-constant dimensions normalize to a constant: std raised to CONSTANT_STD and the
+    min..max (and q01..q99) range widened to at least mean -/+ CONSTANT_STD, so MEAN_STD and MIN_MAX alike map the
+    round-off to ~0 instead of amplifying it. Other dimensions are unchanged."""
+    floored = {}
+    for feature, entry in stats.items():
+        entry = dict(entry)
+        if feature in FEATURES and "mean" in entry and "std" in entry:
+            mean = np.asarray(entry["mean"])
+            entry["std"] = np.maximum(entry["std"], CONSTANT_STD).astype(np.asarray(entry["std"]).dtype)
+            for low, high in (("min", "max"), ("q01", "q99")):
+                if low in entry:
+                    entry[low] = np.minimum(entry[low], mean - CONSTANT_STD).astype(np.asarray(entry[low]).dtype)
+                    entry[high] = np.maximum(entry[high], mean + CONSTANT_STD).astype(np.asarray(entry[high]).dtype)
+        floored[feature] = entry
+    return floored
 
 
 def check_stats_match(stats: dict, state_dim: int, action_dim: int, stats_path):

@@ -5,9 +5,18 @@
 Episode i is written to DIR/episode_{i:06d}.h5 (sorted order = episode order) from the simulation seed
 `episode_seed(seed, i, attempt)`; a failed attempt (no success before the timeout) is discarded, counted, and
 retried with the next attempt number. Re-running into the same DIR skips the episodes already there.
+
+Two options make demonstrations a policy learns more from (the env's success rule is unchanged):
+  --hold_seconds S   keep recording S more seconds after the success: the expert stays at the target, so a policy
+                     sees what to do once there (without it every episode ends 1 s into the hold);
+  --perturb_std R    DART-style recovery: Gaussian noise (std R rad per joint) is added to the command sent to the
+                     arm on the way in (not in the final hold), while the recorded `action` is the expert's clean
+                     command solved from the joints actually commanded, i.e. the correction back onto its path; the
+                     sent command is kept as `executed_action`.
 """
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -15,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 from tqdm import tqdm
 
 from episode_format.atomic import remove_stale_temporaries
@@ -22,6 +32,7 @@ from episode_format.errors import exit_on_user_error
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.expert import ScriptedExpert
 from sim.randomization import (
+    PHANTOM_FLAG_PREFIX,
     DomainRandomization,
     PhantomPlacement,
     add_randomization_args,
@@ -31,6 +42,8 @@ from sim.randomization import (
 from sim.recorder import EpisodeRecorder
 from sim.scene import CAMERA_NAMES
 from sim.seeding import MAX_ATTEMPTS, episode_seed
+
+PERTURBATION_STREAM = 7  # the injected noise has a random stream of its own, seeded by the episode's seed
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class CollectionSettings:
     dr: DomainRandomization | None = DomainRandomization()
     max_attempts: int = 10
     max_episode_seconds: float = 12.0
+    hold_seconds: float = 0.0
+    perturb_std: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,32 +73,43 @@ def episode_path(out_dir: Path, index: int) -> Path:
 
 
 def record_episode(
-    env: NeedleInsertionEnv, expert: ScriptedExpert, seed: int, jpeg_quality: int
+    env: NeedleInsertionEnv, expert: ScriptedExpert, seed: int, settings: CollectionSettings
 ) -> tuple[EpisodeRecorder, dict]:
-    """Run the expert for one episode; returns the recorded frames and the last step's info."""
+    """Run the expert for one episode (and settings.hold_seconds past its success); returns the recorded frames and
+    the info of the step that decided success."""
     observation, info = env.reset(seed=seed)
     expert.reset(env)
-    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality)
+    recorder = EpisodeRecorder(CAMERA_NAMES, settings.jpeg_quality)
+    noise = np.random.default_rng([seed, PERTURBATION_STREAM])
+    perturb_steps = int(round(expert.duration_seconds * CONTROL_HZ)) if settings.perturb_std > 0 else 0
+    extra_steps, outcome, sent = int(round(settings.hold_seconds * CONTROL_HZ)), None, None
     while True:
-        action = expert.act(observation)
-        recorder.add(observation, action, timestamp=len(recorder) / CONTROL_HZ)
-        observation, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return recorder, info
+        action = expert.act(observation, from_q=sent if settings.perturb_std > 0 else None)
+        perturbing = len(recorder) < perturb_steps
+        sent = action + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32) if perturbing else action
+        recorder.add(observation, action, timestamp=len(recorder) / CONTROL_HZ,
+                     executed=sent if settings.perturb_std > 0 else None)
+        observation, _, terminated, truncated, info = env.step(sent)
+        if outcome is None and (terminated or truncated):
+            outcome = info
+            if truncated:
+                return recorder, outcome
+        if outcome is not None:
+            if extra_steps == 0:
+                return recorder, outcome
+            extra_steps -= 1
 
 
 def episode_attrs(settings: CollectionSettings, env: NeedleInsertionEnv, index: int, attempt: int, info: dict) -> dict:
     entry, target, axis = env.trocar_target()
     return {
         "sim_seed": episode_seed(settings.base_seed, index, attempt),
-        "base_seed": settings.base_seed,
         "episode_index": index,
         "attempt": attempt,
         "success": bool(info["success"]),
         "fps": CONTROL_HZ,
-        "image_width": settings.width,
-        "image_height": settings.height,
         "dr_enabled": int(settings.dr is not None),
+        **collection_attrs(settings),
         "final_tip_error_mm": info["tip_error_mm"],
         "final_axis_error_deg": info["axis_error_deg"],
         "trocar_entry": entry,
@@ -116,9 +142,7 @@ def collect_episode(index: int, settings: CollectionSettings) -> EpisodeOutcome:
     """Record episode `index`, retrying failed attempts; writes the file only for a success."""
     env, expert = _worker_env(settings)
     for attempt in range(settings.max_attempts):
-        recorder, info = record_episode(
-            env, expert, episode_seed(settings.base_seed, index, attempt), settings.jpeg_quality
-        )
+        recorder, info = record_episode(env, expert, episode_seed(settings.base_seed, index, attempt), settings)
         if info["success"]:
             recorder.write(episode_path(settings.out_dir, index), episode_attrs(settings, env, index, attempt, info))
             return EpisodeOutcome(index, attempt + 1, saved=True)
@@ -129,18 +153,30 @@ def _collect_in_worker(task: tuple[int, CollectionSettings]) -> EpisodeOutcome:
     return collect_episode(*task)
 
 
+def collection_attrs(settings: CollectionSettings) -> dict:
+    """What an episode file says about how the whole collection was made (a re-run must match it)."""
+    return {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height,
+            "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std,
+            **{f"{PHANTOM_FLAG_PREFIX}{name}": value for name, value in dataclasses.asdict(settings.phantom).items()}}
+
+
 def check_existing(path: Path, settings: CollectionSettings) -> None:
-    """An episode already in DIR must come from the same seed and image size, or the dataset would mix them."""
+    """An episode already in DIR must come from the same collection settings, or the dataset would mix them. Files
+    from before hold, perturbation and placement were recorded count as 0 s, 0 rad and the default placement."""
+    defaults = collection_attrs(CollectionSettings(out_dir=path.parent))
+    expected = collection_attrs(settings)
     try:
         with h5py.File(path, "r") as f:
-            found = {key: f.attrs.get(key) for key in ("base_seed", "image_width", "image_height")}
+            found = {key: f.attrs.get(key, None if key in ("base_seed", "image_width", "image_height") else defaults[key])
+                     for key in expected}
     except OSError as err:
         raise SystemExit(f"error: {path} exists but cannot be opened as HDF5 ({err}); remove it and re-run") from None
-    expected = {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height}
-    if any(found[key] is None or int(found[key]) != value for key, value in expected.items()):
+    differ = {key: found[key] for key in expected if found[key] is None or not np.isclose(float(found[key]), expected[key])}
+    if differ:
         raise SystemExit(
-            f"error: {path} was collected with {found}, but this run asks for {expected}. "
-            "Use another --out directory, or the same --seed/--width/--height to extend this one."
+            f"error: {path} was collected with {differ}, but this run asks for "
+            f"{ {key: expected[key] for key in differ} }. Use another --out directory, or the same --seed, --width, "
+            "--height, --hold_seconds, --perturb_std and --phantom_* flags to extend this one."
         )
 
 
@@ -178,12 +214,15 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
     return outcomes
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag, and the module docstring as written."""
+
+
 def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[argparse.Namespace, PhantomPlacement, DomainRandomization | None]:
     parser = argparse.ArgumentParser(
-        description="Collect scripted-expert needle-insertion episodes (HDF5, one file per episode).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__, formatter_class=_HelpFormatter,
     )
     parser.add_argument("--episodes", type=int, required=True, help="number of successful episodes wanted in --out")
     parser.add_argument("--out", type=Path, required=True, help="output directory (created; re-runs skip existing)")
@@ -196,6 +235,11 @@ def parse_args(
     parser.add_argument(
         "--max_episode_seconds", type=float, default=12.0, help="simulated seconds before an attempt times out"
     )
+    parser.add_argument("--hold_seconds", type=float, default=0.0,
+                        help="seconds recorded after the success, the expert holding at the target (see above)")
+    parser.add_argument("--perturb_std", type=float, default=0.0,
+                        help="std (rad per joint) of the noise added to the sent command on the way in; the recorded "
+                             "action is the expert's correction (DART-style recovery demonstrations, see above)")
     add_randomization_args(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -208,6 +252,8 @@ def parse_args(
         parser.error(f"--jpeg_quality must be in [1, 100], got {args.jpeg_quality}")
     if args.width < 1 or args.height < 1:
         parser.error(f"--width and --height must be positive, got {args.width}x{args.height}")
+    if args.hold_seconds < 0 or args.perturb_std < 0:
+        parser.error(f"--hold_seconds and --perturb_std must be >= 0, got {args.hold_seconds} and {args.perturb_std}")
     try:
         phantom, dr = randomization_from_args(args)
         if dr is not None and dr.backgrounds:
@@ -229,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         dr=dr,
         max_attempts=args.max_attempts,
         max_episode_seconds=args.max_episode_seconds,
+        hold_seconds=args.hold_seconds,
+        perturb_std=args.perturb_std,
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)

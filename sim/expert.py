@@ -7,7 +7,9 @@ Phases (times in seconds from the episode start):
   hold    stay at the target (the environment terminates after the success condition held for 1 s).
 
 The expert plans from privileged state (the trocar sites and the commanded joints at reset) and outputs
-commanded joint positions; it ignores the noisy measurements in the observation.
+commanded joint positions; it ignores the noisy measurements in the observation. Each command is solved from the
+joints the arm was last commanded to, its own last command unless `act(from_q=...)` says otherwise: so from any
+nearby state (a perturbed command, a policy that handed over) it steers back onto the path at the current time.
 """
 
 from dataclasses import dataclass
@@ -136,10 +138,15 @@ class ScriptedExpert:
         )
         self._step = 0
 
-    def act(self, obs=None) -> np.ndarray:
-        """Joint command (6,) in rad, float32: where the arm should be at the next frame."""
+    def act(self, obs=None, from_q: np.ndarray | None = None) -> np.ndarray:
+        """Joint command (6,) in rad, float32: where the arm should be at the next frame.
+
+        from_q: the joints actually commanded last (e.g. the expert's command plus injected noise); the IK starts
+        there, so the command is the correction from that state. Default: the expert's own last command."""
         if self._plan is None:
             raise RuntimeError("ScriptedExpert.act called before ScriptedExpert.reset(env)")
+        if from_q is not None:
+            self._q = np.asarray(from_q, dtype=np.float64)
         self._step += 1
         position, axis = self._plan.waypoint(self._step / self.control_hz)
         self._q = self._ik.solve(self._q, position, axis)

@@ -1,7 +1,8 @@
 """Records one simulated episode and writes it in the toolkit's episode format (episode_format, which documents the
 layout), with the simulator's own attributes: task instruction, JPEG quality and the ee_pose convention.
 
-Frame t holds the observation the action at t was computed from.
+Frame t holds the observation the action at t was computed from. Where the command sent to the arm differs from
+the demonstrated action (the collector's injected noise), both are kept: `action` and `executed_action`.
 """
 
 from pathlib import Path
@@ -31,17 +32,21 @@ class EpisodeRecorder:
         self.qpos: list[np.ndarray] = []
         self.ee_pose: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
+        self.executed: list[np.ndarray] = []
         self.timestamps: list[float] = []
 
     def __len__(self) -> int:
         return len(self.actions)
 
-    def add(self, observation: dict, action: np.ndarray, timestamp: float) -> None:
+    def add(self, observation: dict, action: np.ndarray, timestamp: float, executed: np.ndarray | None = None) -> None:
+        """executed: the command sent, when it is not `action` (given for every frame or for none)."""
         for name in self.camera_names:
             self.images[name].append(encode_jpeg(observation["images"][name], self.jpeg_quality))
         self.qpos.append(np.asarray(observation["qpos"], dtype=np.float32))
         self.ee_pose.append(np.asarray(observation["ee_pose"], dtype=np.float32))
         self.actions.append(np.asarray(action, dtype=np.float32))
+        if executed is not None:
+            self.executed.append(np.asarray(executed, dtype=np.float32))
         self.timestamps.append(timestamp)
 
     def write(self, path: str | Path, attrs: dict) -> None:
@@ -53,6 +58,7 @@ class EpisodeRecorder:
             ee_pose=np.asarray(self.ee_pose, dtype=np.float32),
             action=np.asarray(self.actions, dtype=np.float32),
             timestamp=np.asarray(self.timestamps, dtype=np.float32),
+            executed_action=np.asarray(self.executed, dtype=np.float32) if self.executed else None,
             attrs={
                 "task": TASK_INSTRUCTION,
                 "jpeg_quality": self.jpeg_quality,

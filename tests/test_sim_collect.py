@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from episode_format.jpeg import decode_jpeg
+from sim.kinematics import flange_pose
 from sim.randomization import DomainRandomization, PhantomPlacement
 from sim.recorder import TASK_INSTRUCTION, EpisodeRecorder
 from sim.scene import CAMERA_NAMES
@@ -110,6 +111,39 @@ def test_another_seed_into_the_same_directory_is_refused(collected):
     result = collect(collected, 2, 8)
     assert result.returncode != 0
     assert "episode_000000.h5" in result.stderr and "--seed" in result.stderr
+
+
+def test_hold_seconds_records_the_expert_staying_at_the_target(collected, tmp_path):
+    result = collect(tmp_path, 1, 7, "--hold_seconds", "1")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(collected / "episode_000000.h5") as plain, h5py.File(tmp_path / "episode_000000.h5") as held:
+        length = len(plain["action"])
+        assert len(held["action"]) == length + 15  # 1 s at 15 Hz past the step that decided success
+        for key in ("observations/qpos", "observations/ee_pose", "action"):
+            np.testing.assert_array_equal(held[key][:length], plain[key][()])  # the same episode up to there
+        np.testing.assert_allclose(held["action"][length:], np.repeat(plain["action"][-1:], 15, axis=0), atol=1e-6)
+        assert held.attrs["hold_seconds"] == 1.0 and held.attrs["success"]
+        assert "executed_action" not in held  # nothing was perturbed: the sent command is the action
+
+
+def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_path):
+    result = collect(tmp_path, 1, 7, "--perturb_std", "0.004")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "episode_000000.h5") as f, h5py.File(collected / "episode_000000.h5") as plain:
+        action, sent, clean = f["action"][()], f["executed_action"][()], plain["action"][()]
+        assert f.attrs["success"] and f.attrs["perturb_std"] == 0.004
+    way_in = int(round(6.5 * 15))  # the expert's align + insert time; the final hold is not perturbed
+    noise = sent[:way_in] - action[:way_in]
+    assert 0.003 < noise.std() < 0.005 and np.abs(sent[way_in:] - action[way_in:]).max() == 0
+    # Each recorded action is solved from the perturbed command before it, and still puts the flange back on the
+    # expert's path of the unperturbed episode of the same seed (the needle's roll, which the IK leaves free, may
+    # differ); the commands sent are off that path by the noise.
+    def flange(q):
+        return np.array([flange_pose(row)[:3, 3] for row in q[:way_in]])
+    assert np.abs(flange(action) - flange(clean)).max() < 1e-5  # m
+    assert np.abs(flange(sent) - flange(clean)).mean() > 2e-4
+    refused = collect(tmp_path, 2, 7, "--perturb_std", "0.002")
+    assert refused.returncode != 0 and "perturb_std" in refused.stderr
 
 
 def test_help_names_every_range_flag():

@@ -1,0 +1,200 @@
+"""Does it learn? collect -> stats -> train -> closed loop, one command per task tier, on CPU with the tiny VLM.
+
+    python -m benchmarks.bench_learning --tier fixed|narrow|full [--out DIR] [--eval_seed S] [--eval_episodes N]
+           [--episodes E] [--steps K] [--workers W] [any train_smolvla_sim.py override, e.g. --policy.n_action_steps=5]
+
+Every phase is the toolkit's own command line (sim.collect, compute_dataset_stats.py, insertion_vla.tiny_vlm,
+train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file only chooses settings.
+Tiers differ only in where the eye phantom stands (domain randomization is the collector's default, all on):
+  fixed   the phantom always at its nominal place;
+  narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
+  full    the collector's default placement.
+Collected data in OUT/data is reused when it was collected with the same settings (sim.collect checks).
+Evaluation runs on held-out seeds (--eval_seed, never the collection's) with the tier's placement range.
+
+Writes OUT/summary.json and OUT/learning_curve.png (training loss and the closed-loop success rate of the
+evaluations during training, against the step) and prints, last, the evaluator's `Success rate:` line.
+"""
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
+
+from episode_format.atomic import atomic_output, atomic_write_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+COLLECT_SEED = 0
+EVAL_SEED = 1000  # evaluation.rollout.EVAL_BASE_SEED: distinct from the collection's
+
+
+@dataclass(frozen=True)
+class Tier:
+    placement: dict  # sim.collect / evaluate_smolvla_sim.py --phantom_* flags
+    episodes: int
+    steps: int
+    collect: dict = field(default_factory=dict)  # further sim.collect flags
+    train: dict = field(default_factory=dict)  # train_smolvla_sim.py overrides beyond BASE_TRAIN
+
+
+# What every tier trains with: train_config_smolvla_demo.yaml (the tiny VLM at 64x64 on CPU) changed where the
+# measurements in benchmarks/README.md ("Does it learn?") showed it helps.
+BASE_TRAIN = {
+    "training.batch_size": 16, "training.num_workers": 1, "training.log_freq": 100,
+    "validation.num_episodes": 2, "validation.max_samples": 128,
+    "optimizer.lr": 0.001, "scheduler.num_warmup_steps": 100, "scheduler.decay_lr": 0.00005,
+    "evaluation.enable": True, "evaluation.episodes": 10,
+    "wandb.enable": False,
+}
+COLLECT = {"width": 128, "height": 96}
+TIERS = {
+    "fixed": Tier(placement={"phantom_x_range": 0, "phantom_y_min": 0, "phantom_y_max": 0, "phantom_yaw_range_deg": 0},
+                  episodes=24, steps=5000, collect={"hold_seconds": 2}),
+    "narrow": Tier(placement={"phantom_x_range": 0.01, "phantom_y_min": -0.01, "phantom_y_max": 0.01,
+                              "phantom_yaw_range_deg": 5},
+                   episodes=48, steps=6000),
+    "full": Tier(placement={}, episodes=48, steps=6000),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tier", choices=sorted(TIERS), required=True, help="where the phantom stands (see above)")
+    p.add_argument("--out", type=Path, help="output folder (default: outputs/bench_learning/TIER)")
+    p.add_argument("--eval_seed", type=int, default=EVAL_SEED,
+                   help="base seed of the final closed-loop evaluation (default: %(default)s; collection uses 0)")
+    p.add_argument("--eval_episodes", type=int, default=20, help="closed-loop episodes at the end (default: %(default)s)")
+    p.add_argument("--episodes", type=int, help="demonstrations to collect (default: the tier's)")
+    p.add_argument("--steps", type=int, help="training steps (default: the tier's)")
+    p.add_argument("--workers", type=int, default=2, help="collection processes (default: %(default)s)")
+    args, overrides = p.parse_known_args(argv)
+    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
+    if bad:
+        p.error(f"unrecognized arguments {bad}: overrides of the training config are written --section.key=value")
+    return args, overrides
+
+
+def flags(options: dict) -> list[str]:
+    return [f"--{key}={value}" for key, value in options.items()]
+
+
+def run_phase(name: str, cmd: list, timings: dict):
+    """Run one toolkit command, its output straight to the console; stop the benchmark if it fails."""
+    print(f"\n==> {name}: {' '.join(map(str, cmd))}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+    timings[name] = round(time.perf_counter() - start, 1)
+    print(f"==> {name}: {timings[name]:.1f} s", flush=True)
+    if result.returncode != 0:
+        sys.exit(f"error: the {name} phase failed (exit {result.returncode}); its output is above")
+
+
+def read_series(metrics_csv: Path, metric: str) -> list[tuple[int, float]]:
+    with open(metrics_csv, newline="") as f:
+        return [(int(row["step"]), float(row["value"])) for row in csv.DictReader(f) if row["metric"] == metric]
+
+
+def training_evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, success rate) of every closed-loop evaluation during training (OUTPUT_DIR/eval/step_N/report.json)."""
+    points = []
+    for report in (run_dir / "eval").glob("step_*/report.json"):
+        points.append((int(report.parent.name.removeprefix("step_")), json.loads(report.read_text())["summary"]["success_rate"]))
+    return sorted(points)
+
+
+def plot_learning_curve(loss: list, evaluations: list, final: tuple[int, float], title: str, path: Path):
+    fig, loss_axis = plt.subplots(figsize=(8, 4.5))
+    loss_axis.plot(*zip(*loss), color="tab:blue", label="training loss")
+    loss_axis.set_xlabel("training step")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    loss_axis.set_yscale("log")
+    success_axis = loss_axis.twinx()
+    if evaluations:
+        success_axis.plot(*zip(*[(s, 100 * r) for s, r in evaluations]), "o-", color="tab:green",
+                          label="success, evaluation during training")
+    success_axis.plot([final[0]], [100 * final[1]], "s", color="tab:red", markersize=9, label="success, final evaluation")
+    success_axis.set_ylabel("closed-loop success (%)", color="tab:green")
+    success_axis.set_ylim(-3, 103)
+    fig.legend(loc="upper center", ncol=3, fontsize=8)
+    loss_axis.set_title(title, fontsize=9, pad=24)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args, user_overrides = parse_args(argv)
+    tier = TIERS[args.tier]
+    out = (args.out or Path("outputs/bench_learning") / args.tier).resolve()
+    episodes, steps = args.episodes or tier.episodes, args.steps or tier.steps
+    data, stats, vlm, run_dir, eval_dir = out / "data", out / "dataset_stats.yaml", out / "tiny_vlm", out / "train", out / "eval"
+    timings = {}
+
+    collect_flags = flags({**COLLECT, **tier.placement, **tier.collect})
+    run_phase("collect", [PYTHON, "-m", "sim.collect", "--episodes", episodes, "--out", data, "--seed", COLLECT_SEED,
+                          "--workers", args.workers, *collect_flags], timings)
+    config = ROOT / "train_config_smolvla_demo.yaml"
+    data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}"]
+    run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
+    if not (vlm / "config.json").is_file():
+        run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm], timings)
+    train_overrides = [
+        *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
+        f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
+        f"--evaluation.freq={steps // 4}", *flags(BASE_TRAIN), *flags(tier.train), *user_overrides,
+    ]
+    run_phase("train", [PYTHON, "train_smolvla_sim.py", "--config", config, *train_overrides], timings)
+    run_phase("evaluate", [PYTHON, "evaluate_smolvla_sim.py", "--policy", run_dir / "checkpoints" / "final_hf",
+                           "--episodes", args.eval_episodes, "--seed", args.eval_seed, "--output_dir", eval_dir,
+                           "--videos", 1, *flags({"width": COLLECT["width"], "height": COLLECT["height"]}),
+                           *flags(tier.placement)], timings)
+
+    loss = read_series(run_dir / "metrics.csv", "train/loss")
+    report = json.loads((eval_dir / "report.json").read_text())
+    final = report["summary"]
+    evaluations = training_evaluations(run_dir)
+    summary = {
+        "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps,
+        "collect_flags": collect_flags, "train_overrides": train_overrides, "eval_seed": args.eval_seed,
+        "phase_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
+        "loss_start": loss[0][1], "loss_end": loss[-1][1],
+        "evaluations_during_training": [{"step": s, "success_rate": r} for s, r in evaluations],
+        "final": {key: final[key] for key in ("episodes", "successes", "success_rate", "success_rate_ci95", "unsafe",
+                                              "tip_error_mm", "axis_error_deg")},
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    title = (f"tier {args.tier}: {episodes} demonstrations, {steps} steps; final {final['successes']}/{final['episodes']} "
+             f"on seeds from {args.eval_seed}")
+    plot_learning_curve(loss, evaluations, (steps, final["success_rate"]), title, out / "learning_curve.png")
+
+    print("\n" + "=" * 100)
+    print(f"Learning benchmark, tier {args.tier}: {episodes} demonstrations, {steps} steps, "
+          f"{final['episodes']} held-out closed-loop episodes")
+    print("  phases   " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
+          + f"; total {summary['total_seconds'] / 60:.1f} min")
+    print(f"  loss     {summary['loss_start']:.4f} at step {loss[0][0]} -> {summary['loss_end']:.4f} at step {loss[-1][0]}")
+    print("  during   " + (", ".join(f"step {s}: {100 * r:.0f} %" for s, r in evaluations) or "no evaluation during training"))
+    print(f"  final    tip error mean {final['tip_error_mm']['mean']:.2f} mm, unsafe {final['unsafe']}/{final['episodes']}")
+    print(f"  written  {out / 'summary.json'}, {out / 'learning_curve.png'}")
+    print(next(line for line in reversed(report_lines(eval_dir)) if line.startswith("Success rate:")))
+
+
+def report_lines(eval_dir: Path) -> list[str]:
+    from evaluation.report import summary_lines  # the evaluator's own wording of its summary
+
+    return summary_lines(json.loads((eval_dir / "report.json").read_text())["summary"])
+
+
+if __name__ == "__main__":
+    main()
