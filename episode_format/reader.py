@@ -25,13 +25,19 @@ class EpisodeKeys:
     action_key: str = ACTION_KEY
 
 
-def discover_episodes(root) -> list[Path]:
-    """Every *.h5 / *.hdf5 under root, recursively, sorted by relative path: index = position, stable."""
+TRAINING_ROOT = "dataset.root_dir in the config (or override it: --dataset.root_dir=DIR)"
+
+
+def discover_episodes(root, source: str = TRAINING_ROOT) -> list[Path]:
+    """Every *.h5 / *.hdf5 under root, recursively, sorted by relative path: index = position, stable.
+
+    source: where root came from, for the error message (default: the training config, as train_smolvla_sim.py
+    and compute_dataset_stats.py take it)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(
-            f"No HDF5 files found in {root}: the directory does not exist. Check dataset.root_dir in the config "
-            f"(or --dataset_root), or collect episodes with `python -m sim.collect --out {root}`."
+            f"No HDF5 files found in {root}: the directory does not exist. Check {source}, or collect episodes "
+            f"with `python -m sim.collect --out {root}`."
         )
     files = sorted(
         (p for p in root.rglob("*") if p.suffix in EPISODE_SUFFIXES and p.is_file()),
@@ -39,8 +45,8 @@ def discover_episodes(root) -> list[Path]:
     )
     if not files:
         raise UserError(
-            f"No HDF5 files found in {root} (searched recursively for *.h5 and *.hdf5). Check dataset.root_dir "
-            f"in the config (or --dataset_root); `ls -la {root}` shows what is there."
+            f"No HDF5 files found in {root} (searched recursively for *.h5 and *.hdf5). Check {source}; "
+            f"`ls -la {root}` shows what is there."
         )
     return files
 
@@ -102,7 +108,7 @@ class Episode:
                 raise EpisodeFormatError(
                     f"{self.path}: camera '{camera}' named in dataset.cameras is not in the file. Cameras present: "
                     f"{', '.join(present) or 'none'}. Fix the mapping, e.g. "
-                    f"\"--dataset.cameras={{{', '.join(f'{c}: cameraN' for c in present)}}}\"."
+                    f"\"--dataset.cameras={{{', '.join(f'{c}: camera{i + 1}' for i, c in enumerate(present))}}}\"."
                 )
             ds = self._file[key]
             is_jpeg = ds.ndim == 1 and h5py.check_vlen_dtype(ds.dtype) == np.uint8

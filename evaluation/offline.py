@@ -20,7 +20,7 @@ def recorded_episode_paths(source) -> list[Path]:
     """A folder (searched recursively), a single episode file, or a validation_episodes.txt listing files."""
     source = Path(source)
     if source.is_dir():
-        return discover_episodes(source)
+        return discover_episodes(source, source="--episodes_from")
     if source.suffix in (".h5", ".hdf5") and source.is_file():
         return [source]
     if source.suffix == ".txt" and source.is_file():

@@ -8,13 +8,14 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from episode_files import write_dataset
 
 from insertion_vla.config import SCHEMA, ConfigError, load_config
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 STATS = [sys.executable, str(ROOT / "compute_dataset_stats.py")]
 TRAIN = [sys.executable, str(ROOT / "train_smolvla_sim.py")]
 
@@ -97,6 +98,17 @@ def _a_folder_not_collected_yet(tmp_path):
     return [*STATS, "--dataset_root", tmp_path / "sim_data", "--output", tmp_path / "s.yaml"]
 
 
+def _training_on_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write_dataset(tmp_path / "data", n=2)
+    return [*TRAIN, "--check_only", "--normalization.enable=false", f"--dataset.root_dir={tmp_path / 'empty'}"]
+
+
+def _point_at_the_data(cmd, advice):
+    folder = next(arg for arg in cmd if str(arg).startswith("--dataset.root_dir=")).split("=", 1)[1]
+    return [*cmd, advice.replace("DIR", str(Path(folder).parent / "data"))]
+
+
 def _apply_flag(cmd, advice):
     return [*cmd, *shlex.split(advice)]
 
@@ -118,6 +130,8 @@ ADVICE_CASES = {
                                  r'("--dataset\.cameras=\{[^}]*\}")', _apply_flag),
     "damaged-file": (_a_damaged_file, "cannot open as HDF5", r"pass (--skip_bad)", _apply_flag),
     "misspelled-key": (_a_misspelled_key, "unknown config key", r"Did you mean '([a-z_.]+)'", _replace_misspelled),
+    "training-on-an-empty-folder": (_training_on_an_empty_folder, "No HDF5 files found",
+                                    r"(--dataset\.root_dir=DIR)", _point_at_the_data),
     "not-collected-yet": (_a_folder_not_collected_yet, "No HDF5 files found", r"`(python -m sim\.collect --out \S+)`",
                      _run_advised_command_then_retry),
 }
