@@ -10,12 +10,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@# MuJoCo renders offscreen on the CPU through EGL (Mesa llvmpipe): install it where it is missing
 	@ldconfig -p | grep -q libEGL_mesa || { echo "Installing Mesa EGL (offscreen rendering)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libgles2; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@# the toolkit's own packages, editable: tests, benchmarks and scripts import them from anywhere
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: setup
