@@ -142,6 +142,8 @@ SCHEMA = {
     "scheduler": {
         "num_warmup_steps": _field(1000, at_least=0, help="linear warmup to optimizer.lr"),
         "num_decay_steps": _field(30000, at_least=1, help="cosine decay to decay_lr, counted from the schedule start"),
+        "implementation": _field("auto", choices=("auto", "fused", "foreach", "for_loop"),
+                                 help="AdamW kernels; auto: fused when on CUDA, else foreach (the same updates)"),
         "decay_lr": _field(2.5e-6, *NUMBER, at_least=0, help="LR at the end of the cosine decay"),
     },
     "wandb": {
