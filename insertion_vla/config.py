@@ -138,12 +138,12 @@ SCHEMA = {
         "eps": _field(1e-8, *NUMBER, above=0, help="AdamW epsilon"),
         "weight_decay": _field(1e-10, *NUMBER, at_least=0, help="AdamW weight decay"),
         "grad_clip_norm": _field(10.0, *NUMBER, above=0, help="clip the gradient norm to this"),
+        "implementation": _field("auto", choices=("auto", "fused", "foreach", "for_loop"),
+                                 help="AdamW kernels; auto: fused when on CUDA, else foreach (the same updates)"),
     },
     "scheduler": {
         "num_warmup_steps": _field(1000, at_least=0, help="linear warmup to optimizer.lr"),
         "num_decay_steps": _field(30000, at_least=1, help="cosine decay to decay_lr, counted from the schedule start"),
-        "implementation": _field("auto", choices=("auto", "fused", "foreach", "for_loop"),
-                                 help="AdamW kernels; auto: fused when on CUDA, else foreach (the same updates)"),
         "decay_lr": _field(2.5e-6, *NUMBER, at_least=0, help="LR at the end of the cosine decay"),
     },
     "wandb": {
