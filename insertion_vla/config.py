@@ -103,6 +103,9 @@ SCHEMA = {
         "train_expert_only": _field(True, help="train the action expert only; the VLM stays frozen"),
         "train_state_proj": _field(True, help="train the state projection"),
         "num_vlm_layers": _field(16, at_least=1, help="VLM layers kept (the first N)"),
+        "attention": _field("sdpa", choices=("sdpa", "eager"),
+                            help="attention kernel: torch's scaled_dot_product_attention or lerobot's eager matmuls "
+                                 "(the same model; not saved in the export)"),
     },
     "training": {
         "steps": _field(30000, at_least=1, help="steps of the current schedule"),
@@ -117,6 +120,7 @@ SCHEMA = {
         "loss_spike_window": _field(100, at_least=1, help="losses in the recent mean"),
         "max_nonfinite_steps": _field(10, at_least=1, help="stop after this many non-finite steps in a row"),
         "use_bfloat16": _field(True, help="bf16 autocast on CUDA"),
+        "compile": _field(False, help="torch.compile the loss; the first step compiles (minutes), its time is printed"),
         "device": _field("auto", choices=("auto", "cuda", "cpu"), help="auto, cuda or cpu"),
     },
     "validation": {

@@ -12,13 +12,19 @@ Data flow of one training step (the loop does this):
     losses["loss"].backward()
 
 and for validation / evaluation, in joint units: `predict_action_chunk(policy, batch, postprocessor)`.
+
+Speed without changing the model: `policy.attention: sdpa` computes lerobot's attention with torch's
+scaled_dot_product_attention (set_attention), and `training.compile` runs the loss through torch.compile
+(compile_training_loss).
 """
 
 import logging
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from huggingface_hub import constants as hub_constants
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
@@ -38,6 +44,9 @@ POLICY_CONFIG_KEYS = (
     "max_state_dim", "max_action_dim", "num_steps", "resize_imgs_with_padding", "tokenizer_max_length",
     "freeze_vision_encoder", "train_expert_only", "train_state_proj", "num_vlm_layers",
 )
+# How the policy runs, not what it is: set on the built model, never saved in lerobot's config.
+ATTENTION_KEY = "attention"
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 # Statistics lerobot's normalizer reads; our stats files also hold `count`, which it does not need.
 NORMALIZER_STATS = ("mean", "std", "min", "max", "q01", "q99", "q10", "q90")
 STATS_NEEDED = {
@@ -70,7 +79,8 @@ def build_policy(
 ) -> tuple[SmolVLAPolicy, object, object]:
     """lerobot's SmolVLAPolicy and its (preprocessor, postprocessor), normalizing with `stats`.
 
-    policy_cfg: the `policy` section of our config (exactly POLICY_CONFIG_KEYS).
+    policy_cfg: the `policy` section of our config: exactly POLICY_CONFIG_KEYS, and `attention` (see
+        set_attention; absent, as in configs saved before it existed: eager, lerobot's own).
     camera_keys: lerobot image keys, e.g. ["observation.images.camera1", ...].
     stats: {"observation.state": {"mean": (D,), "std", "min", "max", "q01", "q99", "count"}, "action": {...}};
         None means normalization is disabled (the explicit opt-out): state and action pass through unchanged.
@@ -78,6 +88,8 @@ def build_policy(
     The policy is returned in eval mode, as lerobot's from_pretrained returns it: call policy.train() to train
     (SmolVLA's train() keeps a frozen VLM / vision encoder in eval mode).
     """
+    attention = policy_cfg.get(ATTENTION_KEY, "eager")
+    policy_cfg = {key: value for key, value in policy_cfg.items() if key != ATTENTION_KEY}
     config = make_smolvla_config(
         policy_cfg, state_dim=state_dim, action_dim=action_dim, camera_keys=camera_keys,
         normalization_mode=normalization_mode if stats is not None else "IDENTITY", device=device,
@@ -117,6 +129,7 @@ def build_policy(
         raise hub_unavailable_error(hub_names, err) from err
     check_image_size(policy)
     freeze_unreached_vlm_layers(policy)
+    set_attention(policy, attention)
     return policy, preprocessor, postprocessor
 
 
@@ -243,6 +256,52 @@ def freeze_unreached_vlm_layers(policy: SmolVLAPolicy) -> None:
     for name, parameter in vlm_with_expert.vlm.named_parameters():
         if any(part in name for part in frozen):
             parameter.requires_grad = False
+
+
+def set_attention(policy: SmolVLAPolicy, implementation: str) -> None:
+    """Compute the VLM's and the expert's attention with `implementation`: "eager" (lerobot's matmul-softmax-matmul)
+    or "sdpa" (sdpa_attention_forward, the same numbers through torch's fused kernels).
+
+    Set on this policy's SmolVLMWithExpertModel instance only, where lerobot looks it up (get_attention_interface):
+    lerobot's class is untouched, so other policies stay eager, and nothing of it is saved.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise UserError(f"policy.attention={implementation!r}: choose one of {list(ATTENTION_IMPLEMENTATIONS)}")
+    vlm_with_expert = policy.model.vlm_with_expert
+    vars(vlm_with_expert).pop("get_attention_interface", None)  # lerobot's own method again: eager
+    if implementation == "sdpa":
+        vlm_with_expert.get_attention_interface = sdpa_attention_interface
+
+
+def sdpa_attention_interface():
+    return sdpa_attention_forward
+
+
+def sdpa_attention_forward(
+    attention_mask: torch.Tensor,
+    batch_size: int,
+    head_dim: int,
+    query_states: torch.Tensor,
+    key_states: torch.Tensor,
+    value_states: torch.Tensor,
+) -> torch.Tensor:
+    """lerobot 0.4.4's SmolVLMWithExpertModel.eager_attention_forward, computed by scaled_dot_product_attention.
+
+    query (B, Lq, H, D), key and value (B, Lk, Hkv, D), attention_mask (B, Lq, Lk) bool, true where a query may
+    attend -> (B, Lq, H * D) in value's dtype. As eager: key/value heads repeated for grouped-query attention
+    (head h reads kv head h // (H / Hkv)), scores scaled by head_dim**-0.5, computed in float32 (under autocast both
+    run their matmuls in the autocast dtype, softmax in float32).
+    """
+    heads, kv_heads = query_states.shape[2], key_states.shape[2]
+    query = query_states.float().transpose(1, 2)  # (B, H, Lq, D)
+    key = key_states.float().transpose(1, 2).repeat_interleave(heads // kv_heads, dim=1)
+    value = value_states.float().transpose(1, 2).repeat_interleave(heads // kv_heads, dim=1)
+    # A query that may attend to nothing (a padding token) gets a uniform average in eager and 0 or NaN,
+    # depending on the kernel, here; let it attend to every key instead: finite, and as in eager no other
+    # token reads it (padding is masked as a key everywhere), so the loss and its gradients are unchanged.
+    mask = attention_mask | ~attention_mask.any(dim=-1, keepdim=True)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None], scale=head_dim**-0.5)
+    return output.transpose(1, 2).reshape(batch_size, -1, heads * head_dim).to(value_states.dtype)
 
 
 def hub_unavailable_error(hub_names: list[str], err: Exception) -> HubUnavailableError:
@@ -373,6 +432,53 @@ class TrainingLoss(nn.Module):
 
     def forward(self, batch: dict, lambda_temporal: float, noise=None, time=None) -> dict[str, torch.Tensor]:
         return compute_losses(self.policy, batch, lambda_temporal, noise, time)
+
+
+class CompiledTrainingLoss(TrainingLoss):
+    """TrainingLoss with compute_losses run through torch.compile: the same losses and gradients, faster steps.
+
+    The noise and time a step draws by default are drawn here, outside the compiled graphs, by lerobot's own
+    sample_noise / sample_time: the same numbers as TrainingLoss draws for the same seed (inductor's own random
+    numbers would differ). Compiling happens in the first forward and the first backward; when that backward has
+    run, one console line (first process only) says how long the two took.
+    """
+
+    def __init__(self, policy: SmolVLAPolicy, backend: str = "inductor"):
+        super().__init__(policy)
+        self.backend = backend
+        self.compiled_losses = torch.compile(compute_losses, backend=backend)
+        self.compile_reported = False
+
+    def forward(self, batch: dict, lambda_temporal: float, noise=None, time=None) -> dict[str, torch.Tensor]:
+        model, actions = self.policy.model, batch[ACTION]
+        if noise is None:
+            noise = model.sample_noise((*actions.shape[:2], self.policy.config.max_action_dim), actions.device)
+        if time is None:
+            time = model.sample_time(actions.shape[0], actions.device)
+        if self.compile_reported:
+            return self.compiled_losses(self.policy, batch, lambda_temporal, noise, time)
+        self.compile_reported = True
+        start = perf_counter()
+        losses = self.compiled_losses(self.policy, batch, lambda_temporal, noise, time)
+        forward_s = perf_counter() - start
+
+        def report(_grads):
+            handle.remove()
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+                print(f"torch.compile ({self.backend}): the first loss forward took {forward_s:.1f} s and its backward "
+                      f"{perf_counter() - start - forward_s:.1f} s, compiling included", flush=True)
+
+        # called once every trainable parameter has its gradient: the end of the first backward
+        handle = torch.autograd.graph.register_multi_grad_hook(
+            [p for p in self.policy.parameters() if p.requires_grad], report
+        )
+        return losses
+
+
+def make_training_loss(policy: SmolVLAPolicy, compile: bool) -> TrainingLoss:
+    """The loss module a training loop calls (and DistributedDataParallel wraps): compiled when `compile`
+    (training.compile)."""
+    return CompiledTrainingLoss(policy) if compile else TrainingLoss(policy)
 
 
 def validation_noise_and_time(
