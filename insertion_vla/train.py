@@ -31,7 +31,7 @@ from insertion_vla.export import export_pretrained
 from insertion_vla.monitor import RunMonitor, format_train_line, format_val_line, system_metrics
 from insertion_vla.optim import lr_at, make_optimizer, set_lr
 from insertion_vla.plots import plot_loss_curves, plot_trajectories
-from insertion_vla.policy import TrainingLoss, build_policy, prepare_batch
+from insertion_vla.policy import build_policy, make_training_loss, prepare_batch
 from insertion_vla.spikes import LossSpikeDetector, SpikeLog, spike_line
 from insertion_vla.stats import check_stats_match, load_stats
 from insertion_vla.validation import predict_episode, split_episodes, validate, validation_subset, write_validation_list
@@ -92,7 +92,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     if ckpt is not None:
         policy.load_state_dict(ckpt["model"])
     policy.train()
-    objective = TrainingLoss(policy)
+    objective = make_training_loss(policy, compile=t_cfg["compile"])
     if info.enabled:
         objective = DistributedDataParallel(objective, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     optimizer = make_optimizer(policy, cfg["optimizer"])
