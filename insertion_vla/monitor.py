@@ -31,6 +31,10 @@ def format_val_line(step, m: dict) -> str:
         f" | MAE (deg): [{mae}]" if mae else "")
 
 
+def format_eval_line(step, m: dict) -> str:
+    return " | ".join([f"[EVAL] Step {step}", *(f"{k}: {v:.3f}" for k, v in m.items())])
+
+
 def system_metrics(device) -> dict:
     out = {"system/ram_gb": psutil.Process().memory_info().rss / 2**30}
     if device.type == "cuda":
