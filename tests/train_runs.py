@@ -13,10 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON_BIN = Path(sys.executable).parent
 
 
-def make_run_dir(tmp_path, vlm_dir, n_episodes=5, length=30, **config):
-    """Episodes, stats and a config for a CPU run of a few seconds; `config` entries override sections."""
-    data = tmp_path / "data"
-    write_dataset(data, n=n_episodes, length=length)
+def make_run_dir(tmp_path, vlm_dir, n_episodes=5, length=30, data=None, **config):
+    """Episodes, stats and a config for a CPU run of a few seconds; `config` entries override sections.
+    data: a folder of existing episodes to train on (none are written then)."""
+    if data is None:
+        data = tmp_path / "data"
+        write_dataset(data, n=n_episodes, length=length)
     stats = tmp_path / "stats.yaml"
     subprocess.run([sys.executable, ROOT / "compute_dataset_stats.py", "--dataset_root", data, "--output", stats],
                    check=True, capture_output=True)

@@ -1,0 +1,215 @@
+"""Time alignment, end to end: the action stored at frame t is the command the env executes after observation t, in
+the collector's files, in EpisodeDataset's samples, as the first action of a predicted chunk and in the evaluator;
+and each HDF5 camera reaches the policy under the lerobot name that dataset.cameras gives it.
+
+Every convention has a negative control: the same check on data shifted by a frame (or on a swapped camera
+mapping) fails, so a passing check means the convention holds, not that the check cannot see a violation.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from collected_runs import fixed_tier_run, randomized_episode
+from episode_files import write_episode
+from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
+from torch.utils.data import default_collate
+
+from episode_format import ACTION_KEY, EE_POSE_KEY, IMAGES_GROUP, QPOS_KEY
+from evaluation.rollout import run_episode
+from insertion_vla.checkpoint import load_checkpoint, restore_policy
+from insertion_vla.config import defaults
+from insertion_vla.dataset import EpisodeDataset
+from insertion_vla.episodes import keys_from_config
+from insertion_vla.policy import predict_action_chunk, prepare_batch
+from sim.env import NeedleInsertionEnv
+from sim.randomization import PHANTOM_FLAG_PREFIX, DomainRandomization, PhantomPlacement
+
+CHUNK_SHIFT = 3  # frames: a predicted chunk's first action must be nearer the current frame's action than this off
+
+
+@dataclass(frozen=True)
+class Recording:
+    """An episode file's arrays and attributes, read with h5py (not through the toolkit's reader)."""
+
+    path: Path
+    action: np.ndarray
+    qpos: np.ndarray
+    ee_pose: np.ndarray
+    attrs: dict
+
+    @classmethod
+    def read(cls, path: Path) -> "Recording":
+        with h5py.File(path, "r") as f:
+            return cls(path, f[ACTION_KEY][()], f[QPOS_KEY][()], f[EE_POSE_KEY][()], dict(f.attrs))
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Recording:
+    return Recording.read(randomized_episode(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def collection_env(recording):
+    """The env the episode was collected in: its placement range, the collector's domain randomization, no images
+    (the physics and the joint noise do not depend on rendering)."""
+    attrs = recording.attrs
+    phantom = PhantomPlacement(**{f.name: float(attrs[PHANTOM_FLAG_PREFIX + f.name])
+                                  for f in dataclasses.fields(PhantomPlacement)})
+    env = NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
+                             dr=DomainRandomization() if attrs["dr_enabled"] else None, phantom=phantom,
+                             render_images=False)
+    yield env
+    env.close()
+
+
+def shifted(actions: np.ndarray, frames: int) -> np.ndarray:
+    """The actions `frames` later (frames > 0: a later frame's command executed now) or earlier, ends repeated."""
+    return actions[np.clip(np.arange(len(actions)) + frames, 0, len(actions) - 1)]
+
+
+def replay(env: NeedleInsertionEnv, seed: int, actions: np.ndarray):
+    """Reset to `seed`, execute `actions` one per step -> (qpos and ee_pose observed before each action, the step
+    (counted from 1) at which success was first declared or None, the last step's info)."""
+    observation, _ = env.reset(seed=seed)
+    qpos, ee_pose, success_step = [], [], None
+    for step, action in enumerate(actions, start=1):
+        qpos.append(observation["qpos"])
+        ee_pose.append(observation["ee_pose"])
+        observation, _, _, _, info = env.step(action)
+        if info["success"] and success_step is None:
+            success_step = step
+    return np.array(qpos), np.array(ee_pose), success_step, info
+
+
+def test_replaying_the_recorded_actions_from_the_recorded_seed_reproduces_the_episode(recording, collection_env):
+    seed, attrs, length = int(recording.attrs["sim_seed"]), recording.attrs, len(recording.action)
+    qpos, ee_pose, success_step, info = replay(collection_env, seed, recording.action)
+    assert collection_env.scene_params == pytest.approx({key: attrs[key] for key in collection_env.scene_params})
+    np.testing.assert_array_equal(qpos, recording.qpos)  # the observation before action t is frame t
+    np.testing.assert_array_equal(ee_pose, recording.ee_pose)
+    assert attrs["success"] and success_step == length  # the collector stops at the success (no --hold_seconds)
+    assert (info["tip_error_mm"], info["axis_error_deg"]) == (attrs["final_tip_error_mm"], attrs["final_axis_error_deg"])
+
+    for frames in (1, -1):  # negative control: a frame's command executed one frame early, or late
+        qpos, ee_pose, success_step, _ = replay(collection_env, seed, shifted(recording.action, frames))
+        assert np.abs(qpos - recording.qpos).max() > 0.01, frames  # rad; the same sensor noise in every replay
+        assert np.abs(ee_pose - recording.ee_pose).max() > 0.01, frames
+        assert success_step != length, frames
+
+
+def test_the_dataset_sample_at_frame_t_holds_action_t_and_state_t(recording):
+    horizon, length = 50, len(recording.action)
+    dataset = EpisodeDataset([recording.path], keys_from_config(defaults()["dataset"]), horizon=horizon,
+                             image_size=(64, 64))
+    assert len(dataset) == length
+    for t in range(length):
+        sample = dataset[t]
+        assert sample["frame_index"] == t
+        chunk, in_episode = sample["action"].numpy(), min(horizon, length - t)
+        np.testing.assert_array_equal(sample["observation.state"].numpy(), recording.ee_pose[t])
+        np.testing.assert_array_equal(chunk[0], recording.action[t])
+        np.testing.assert_array_equal(chunk[:in_episode], recording.action[t:t + in_episode])
+        np.testing.assert_array_equal(chunk[in_episode:], np.repeat(recording.action[-1:], horizon - in_episode, 0))
+        np.testing.assert_array_equal(sample["action_is_pad"].numpy(), np.arange(horizon) >= in_episode)
+    # Negative control: action and state change from frame to frame (all but the final hold), so a sample one frame
+    # off would fail the equalities above.
+    for array in (recording.action, recording.ee_pose):
+        assert np.mean(np.any(array[1:] != array[:-1], axis=1)) > 0.8
+
+
+class RecordedActionsDriver:
+    """Drives an evaluator episode with an episode file's recorded actions, one per step from the first (the last
+    one held past the end): a driver of recorded data, behind evaluation.drivers' interface."""
+
+    uses_images = False
+    n_action_steps = 1
+    queries = 0
+
+    def __init__(self, actions: np.ndarray):
+        self.actions = actions
+        self._step = 0
+
+    def reset(self, env, seed: int) -> None:
+        self._step = 0
+
+    def needs_images(self) -> bool:
+        return False
+
+    def act(self, observation: dict) -> np.ndarray:
+        action = self.actions[min(self._step, len(self.actions) - 1)]
+        self._step += 1
+        return action
+
+
+def test_the_evaluator_driven_by_the_recorded_actions_reproduces_the_episode(recording, collection_env):
+    seed, attrs, length = int(recording.attrs["sim_seed"]), recording.attrs, len(recording.action)
+    result = run_episode(collection_env, RecordedActionsDriver(recording.action), 0, seed)
+    assert result.success and result.steps == length
+    assert result.final_tip_error_mm == attrs["final_tip_error_mm"]
+    assert result.final_axis_error_deg == attrs["final_axis_error_deg"]
+    for frames in (1, -1):  # negative control: the success is declared a frame early, or late
+        shifted_result = run_episode(collection_env, RecordedActionsDriver(shifted(recording.action, frames)), 0, seed)
+        assert shifted_result.steps != length, frames
+
+
+def test_the_first_action_of_a_predicted_chunk_is_the_current_frames(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
+    """A tiny policy fitted to the fixed-tier trajectory: its chunk's first action at frame t is nearer the recorded
+    action[t] than action[t + 3] and action[t - 3], at most frames where the arm moves."""
+    run = fixed_tier_run(tmp_path_factory, tiny_vlm_dir)
+    policy, preprocessor, postprocessor = restore_policy(load_checkpoint(run.checkpoint))
+    config, dataset_cfg = policy.config, run.cfg["dataset"]
+    side = config.resize_imgs_with_padding[0]
+    dataset = EpisodeDataset(run.train_files[:1], keys_from_config(dataset_cfg), horizon=config.chunk_size,
+                             image_size=(side, side), task_instruction=dataset_cfg["task_instruction"])
+    batch = prepare_batch(default_collate([dataset[t] for t in range(len(dataset))]), preprocessor, "cpu")
+    # Zero noise: the sampler's path from the prior's mean, so what is measured is what the policy learned, without
+    # the scatter of one random draw on top.
+    noise = torch.zeros(len(dataset), config.chunk_size, config.max_action_dim)
+    first = predict_action_chunk(policy, batch, postprocessor, noise=noise)[:, 0].numpy()
+    action = Recording.read(run.train_files[0]).action
+
+    t = np.arange(CHUNK_SHIFT, len(action) - CHUNK_SHIFT)
+    def distance(frames):
+        return np.abs(first[t] - action[t + frames]).sum(axis=1)
+    moving = np.minimum(np.abs(action[t + CHUNK_SHIFT] - action[t]).sum(axis=1),
+                        np.abs(action[t - CHUNK_SHIFT] - action[t]).sum(axis=1)) > np.deg2rad(0.5)
+    nearer = (distance(0) < distance(CHUNK_SHIFT)) & (distance(0) < distance(-CHUNK_SHIFT))
+    assert moving.sum() > len(t) / 2
+    assert nearer[moving].mean() > 0.8, f"chunk[0] nearest action[t] at {nearer[moving].mean():.0%} of moving frames"
+
+
+CAMERA_COLOURS = {"side_camera": (200, 40, 40), "tool_camera": (40, 200, 40), "top_camera": (40, 40, 200)}
+
+
+def assert_cameras_follow(mapping: dict, dataset: EpisodeDataset) -> None:
+    """Every sample shows HDF5 camera c (a constant colour) at observation.images.<mapping[c]>."""
+    for t in range(len(dataset)):
+        sample = dataset[t]
+        for camera, name in mapping.items():
+            image = sample[f"observation.images.{name}"].numpy()
+            assert np.array_equal(image, np.broadcast_to(np.array(CAMERA_COLOURS[camera], np.uint8)[:, None, None],
+                                                         image.shape)), f"frame {t}: {camera} is not at {name}"
+
+
+def test_each_hdf5_camera_reaches_the_policy_under_its_mapped_name(tmp_path):
+    path = write_episode(tmp_path / "episode.h5", length=3, jpeg=False)  # raw frames: the colours stay exact
+    with h5py.File(path, "a") as f:
+        for camera, colour in CAMERA_COLOURS.items():
+            f[f"{IMAGES_GROUP}/{camera}"][...] = colour
+    mapping = defaults()["dataset"]["cameras"]
+    assert set(mapping) == set(CAMERA_COLOURS)
+
+    def dataset(cameras):
+        keys = keys_from_config({**defaults()["dataset"], "cameras": cameras})
+        return EpisodeDataset([path], keys, horizon=4, image_size=(64, 48))  # the frames' own size: no padding
+
+    assert_cameras_follow(mapping, dataset(mapping))
+    # Negative control: a dataset built with two cameras swapped fails the same check.
+    (first, name1), (second, name2), *rest = mapping.items()
+    with pytest.raises(AssertionError, match="is not at"):
+        assert_cameras_follow(mapping, dataset({first: name2, second: name1, **dict(rest)}))
