@@ -47,11 +47,18 @@ class ActionChunkSchedule:
         """True when a chunk must be added before the next action (none yet, or `every` steps since the last)."""
         return not self._chunks or self._step - self._chunks[-1][0] >= self.every
 
-    def add(self, chunk: np.ndarray) -> None:
-        """A chunk (chunk_size, action_dim) predicted from the observation before this step."""
+    def add(self, chunk: np.ndarray, predicted_at: int | None = None) -> None:
+        """A chunk (chunk_size, action_dim) predicted from the observation before this step, or, when it arrives
+        late (asynchronous inference), from the one before step `predicted_at`: element i is then the action for
+        step predicted_at + i, so this step gets element (this step - predicted_at)."""
         if chunk.ndim != 2 or len(chunk) != self.chunk_size:
             raise ValueError(f"an action chunk must be ({self.chunk_size}, action_dim), got {chunk.shape}")
-        self._chunks.append((self._step, chunk))
+        start = self._step if predicted_at is None else predicted_at
+        if start > self._step:
+            raise ValueError(f"a chunk predicted at step {start} cannot be added at step {self._step}, before it")
+        if self._chunks and start < self._chunks[-1][0]:
+            raise ValueError(f"a chunk predicted at step {start} is older than the newest, of step {self._chunks[-1][0]}")
+        self._chunks.append((start, chunk))
 
     def next_action(self) -> np.ndarray:
         if self.needs_chunk():
@@ -98,12 +105,16 @@ class PolicyDriver:
         """True when the next observation will be fed to the policy (a chunk is due)."""
         return self.schedule.needs_chunk()
 
+    def predict_chunk(self, observation: dict) -> np.ndarray:
+        """The chunk (chunk_size, action_dim) the policy predicts from one observation, in joint units."""
+        batch = prepare_batch(observation_batch(observation, self.inputs), self.preprocessor, self.device)
+        config = self.policy.config
+        noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise).to(self.device)
+        return predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
+
     def act(self, observation: dict) -> np.ndarray:
         if self.schedule.needs_chunk():
-            batch = prepare_batch(observation_batch(observation, self.inputs), self.preprocessor, self.device)
-            config = self.policy.config
-            noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise).to(self.device)
-            chunk = predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
+            chunk = self.predict_chunk(observation)
             if not np.all(np.isfinite(chunk)):
                 raise UserError(f"the policy predicted non-finite actions (query {self.queries}): the weights are broken")
             self.schedule.add(chunk)

@@ -92,11 +92,13 @@ def training_config_of_export(export_dir: Path) -> tuple[dict, str]:
     return defaults(), "defaults"
 
 
-def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = COLLECTOR_JPEG_QUALITY) -> PolicyInputs:
-    """The policy's inputs in simulator terms, checked against what the simulator provides."""
+def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = COLLECTOR_JPEG_QUALITY,
+                  available_cameras: tuple = CAMERA_NAMES) -> PolicyInputs:
+    """The policy's inputs in simulator terms, checked against what the simulator provides. available_cameras: a
+    robot's camera names instead of the simulator's (deploy/ checks them first, with advice for the robot)."""
     keys = keys_from_config(dataset_cfg)
     cameras = {camera: f"observation.images.{name}" for camera, name in keys.cameras.items()}
-    unknown = sorted(set(cameras) - set(CAMERA_NAMES))
+    unknown = sorted(set(cameras) - set(available_cameras))
     if unknown:
         raise UserError(
             f"the policy was trained on cameras {sorted(cameras)} (dataset.cameras of its training config), but the "
