@@ -214,6 +214,13 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
     return outcomes
 
 
+def _pixels(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels: give one, e.g. 640") from None
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults after each flag, and the module docstring as written."""
 
@@ -228,8 +235,8 @@ def parse_args(
     parser.add_argument("--out", type=Path, required=True, help="output directory (created; re-runs skip existing)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; episode i uses episode_seed(seed, i, attempt)")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    parser.add_argument("--width", type=int, default=640, help="image width, pixels")
-    parser.add_argument("--height", type=int, default=480, help="image height, pixels")
+    parser.add_argument("--width", type=_pixels, default=640, help="image width, pixels")
+    parser.add_argument("--height", type=_pixels, default=480, help="image height, pixels")
     parser.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of the stored frames (1-100)")
     parser.add_argument("--max_attempts", type=int, default=10, help="attempts per episode before giving up on it")
     parser.add_argument(
@@ -243,7 +250,7 @@ def parse_args(
     add_randomization_args(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+        parser.error(f"--episodes must be >= 1, got {args.episodes}: ask for the episodes wanted, e.g. --episodes 10")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if not 1 <= args.max_attempts <= MAX_ATTEMPTS:

@@ -1,5 +1,6 @@
 """Validation split, loss spikes, non-finite steps and preemption, through the real CLI."""
 
+import csv
 import signal
 import subprocess
 import sys
@@ -63,8 +64,11 @@ def test_loss_spikes_are_logged_with_their_episodes_and_not_duplicated_on_resume
 
     train(config, "--resume", out / "checkpoints" / "checkpoint_step_10.pt")  # redo steps 11..30
     assert (out / "loss_spikes.csv").read_text().splitlines() == rows
-    steps = [int(ln.split(",")[0]) for ln in (out / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == sorted(steps) and steps.count(30) == len([s for s in steps if s == 30])
+    with open(out / "metrics.csv", newline="") as f:
+        rows = [(int(row["step"]), row["metric"]) for row in csv.DictReader(f)]
+    # the resume redid steps 11..30: their rows replace the first run's instead of following them
+    assert [step for step, _ in rows] == sorted(step for step, _ in rows)
+    assert len(rows) == len(set(rows)) and (30, "train/loss") in rows
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_vlm_dir):  # noqa: F811
