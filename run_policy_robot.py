@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "the average of all chunks' predictions for it, weighted exp(-M * i), i = 0 the oldest "
                            "(default: off)")
     loop.add_argument("--max_seconds", type=float, default=20.0,
-                      help="the run stops after this many seconds of control (default: %(default)s)")
+                      help="the run stops this many wall-clock seconds after the clock started (default: %(default)s)")
     loop.add_argument("--dry_run", action="store_true",
                       help="everything but sending motion: the arm stays still, the commands the policy would send "
                            "are logged against the measured joints in OUTPUT_DIR/dry_run.csv")

@@ -14,8 +14,8 @@ and recorded frames are counted alike.
 A tick that ends after its deadline is an overrun; the next one starts at once and the clock is re-anchored
 there (no burst of catching-up commands).
 
-The run stops at max_seconds, on an operator's stop (Ctrl-C, SIGTERM), a failed safety check (deploy.safety), a
-robot fault, or an error; whatever the cause, the robot is stopped (motion paused and cleared) before run()
+The run stops when max_seconds of wall clock have passed since tick 0, on an operator's stop (Ctrl-C, SIGTERM), a
+failed safety check (deploy.safety), a robot fault, or an error; whatever the cause, the robot is stopped (motion paused and cleared) before run()
 returns, and the stop says why.
 """
 
@@ -96,14 +96,13 @@ class ControlLoop:
             if self.settings.async_inference:
                 self._background = BackgroundPredictor(self.predict)
             previous = start_time = None
-            deadline = time.monotonic()
-            max_ticks = round(self.settings.max_seconds * self.settings.hz)
+            clock_start = deadline = time.monotonic()
             for tick in itertools.count():
                 self.stats.tick_starts.append(time.monotonic())
                 if self.stop_request.is_set():
                     raise _OperatorStop(self.stop_request.reason)
-                if tick >= max_ticks:
-                    self._stopped("max_seconds", f"{self.settings.max_seconds:g} s ({max_ticks} ticks) elapsed", tick)
+                if self.stats.tick_starts[-1] - clock_start >= self.settings.max_seconds - 1e-3:  # timer slack
+                    self._stopped("max_seconds", f"{self.settings.max_seconds:g} s elapsed ({tick} ticks)", tick)
                     break
                 if tick == 0:
                     print(f"Clock started (chunk 0 took {self.stats.first_chunk_s:.2f} s): Ctrl-C or SIGTERM stops "

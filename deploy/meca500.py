@@ -12,7 +12,9 @@ robot cannot make it in time), one target per tick, blended (the default 100 %),
 velocity limit (SetJointVelLimit). The connection watchdog is refreshed with every target: if this program hangs
 or dies, the robot pauses motion by itself. Feedback: joint positions (encoders) and the TRF pose from the
 robot's real-time monitoring, timestamped by the robot; a stalled feed, a robot error or a safety stop raises
-RobotFault. Stopping pauses and clears the motion queue and leaves the arm activated, holding its pose.
+RobotFault. Stopping pauses and clears the motion queue and leaves the arm activated, holding its pose (the next
+connection resumes the queue). Connecting activates and homes the robot: on a Meca500 homing turns every joint by
+a few degrees, the only motion of a dry run (none at all with the controller's simulation mode, ActivateSim).
 
 The conversions are tested against sim.kinematics; the connection and motion code is verified on the robot by the
 user (docs/deployment.md has the checklist): no test here talks to a controller.
@@ -96,6 +98,7 @@ class Meca500Robot:
         self._feedback_seen_at = 0.0
 
     def connect(self) -> None:
+        self._captures = open_cameras(self.camera_sources, self.width, self.height)  # before anything moves
         self._robot = Robot()
         try:
             self._robot.Connect(address=self.address, disconnect_on_exception=True, timeout=5.0)
@@ -103,10 +106,15 @@ class Meca500Robot:
             if status.error_status:
                 raise UserError(f"the Meca500 at {self.address} is in error ({status.error_code}: {status.error_msg}): "
                                 "find the cause, reset the error on its web interface, then run again")
+            safety = self._robot.GetSafetyStatus(synchronous_update=True)
+            if safety.stop_mask:
+                raise UserError(f"the Meca500 at {self.address} is in a safety stop (stop mask {safety.stop_mask:#x}: "
+                                "e-stop, p-stop, ...): release and reset it on the robot, then run again")
             if self.controller_sim:
                 self._robot.ActivateSim()  # the controller runs every command, the motors stay still
             self._robot.ActivateAndHome()
             self._robot.WaitHomed(timeout=60)
+            self._robot.ResumeMotion()  # a previous run's stop left the motion queue paused
             self._robot.SetRealTimeMonitoring(MxRobotStatusCode.MX_ST_RT_JOINT_POS, MxRobotStatusCode.MX_ST_RT_CART_POS)
             self._robot.SetMonitoringInterval(MONITORING_INTERVAL_S)
             self._robot.SetTrf(*tool_frame_for_robot())
@@ -122,7 +130,6 @@ class Meca500Robot:
             raise UserError(f"Meca500 at {self.address}: {type(err).__name__}: {err}. Check the address "
                             "(--robot.address), the network cable, that no other client holds the robot, and its "
                             "state on the web interface.") from None
-        self._captures = open_cameras(self.camera_sources, self.width, self.height)
 
     def observe(self) -> dict:
         try:

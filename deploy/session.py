@@ -74,7 +74,7 @@ def operator_success(flag: str | None, stop: dict) -> str:
     while True:
         try:
             answer = input("Was this rollout a success? [y/n] ").strip().lower()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             print("note: no answer on stdin: the episode's success is recorded as unknown (pass --success yes|no)")
             return "unknown"
         if answer in ("y", "yes", "n", "no"):

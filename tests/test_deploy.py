@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import h5py
@@ -112,27 +113,28 @@ def steady_chunk(q, length=10):
 
 def test_sim_robot_end_to_end_records_an_episode_that_training_reads(run_dir, export, tmp_path, capsys):
     record = tmp_path / "rollouts"
-    status = robot_cli(["--policy", export, "--robot", "sim", "--hz", HZ, "--max_seconds", 2, "--n_action_steps", 4,
-                       "--record", record, "--success", "yes", "--device", "cpu", *WIDE_OPEN])
+    status = robot_cli(["--policy", export, "--robot", "sim", "--hz", HZ, "--max_seconds", 3, "--n_action_steps", 4,
+                        "--record", record, "--success", "yes", "--device", "cpu", *WIDE_OPEN])
     stdout = capsys.readouterr().out
     assert status == 0, stdout
-    lines = stdout.strip().splitlines()
-    assert lines[-1].startswith(INFERENCE_LINE) and "over 2 chunks" in lines[-1], lines[-1]  # ticks 4 and 8
-    assert "Stopped: max_seconds at tick 10" in stdout
-
     episode = record / "episode_000000.h5"
     report = json.loads((record / "runs" / "episode_000000" / "run.json").read_text())
     summary = report["summary"]
-    assert summary["steps"] == 10 and summary["stops"][0]["kind"] == "max_seconds"
-    assert [c["predicted_at_tick"] for c in summary["chunks"]] == [0, 4, 8]
-    assert summary["inference_latency_ms"]["count"] == 2 and summary["control_period_ms"]["count"] == 10
+    steps = summary["steps"]  # 15 ticks in 3 s, fewer where sync predictions overran
+    assert 5 <= steps <= 15 and summary["stops"][0]["kind"] == "max_seconds"
+    assert f"Stopped: max_seconds at tick {steps}: 3 s elapsed ({steps} ticks)" in stdout
+    assert [c["predicted_at_tick"] for c in summary["chunks"]] == list(range(0, steps, 4))  # receding horizon
+    assert summary["inference_latency_ms"]["count"] == len(summary["chunks"]) - 1
+    assert summary["control_period_ms"]["count"] == steps and summary["overruns"] <= steps
     assert summary["jitter_ms"]["p99"] >= summary["jitter_ms"]["p50"] >= 0.0
     assert report["settings"]["episode"] == str(episode)
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith(INFERENCE_LINE) and f"over {len(summary['chunks']) - 1} chunks" in last, last
 
     cfg = yaml.safe_load((run_dir / "out" / "config.yaml").read_text())
     keys = keys_from_config(cfg["dataset"])
     dataset = EpisodeDataset([episode], keys, horizon=50, image_size=(64, 64))
-    assert len(dataset) == 10
+    assert len(dataset) == steps
     sample = dataset[3]
     assert sample["observation.state"].shape == (6,) and sample["action"].shape == (50, 6)
     for camera in ("camera1", "camera2", "camera3"):
@@ -140,7 +142,7 @@ def test_sim_robot_end_to_end_records_an_episode_that_training_reads(run_dir, ex
     with h5py.File(episode) as f:
         stamps, actions, qpos = f["timestamp"][()], f["action"][()], f["observations/qpos"][()]
         attrs = dict(f.attrs)
-        assert f["observations/images/side_camera"].shape == (10,)
+        assert f["observations/images/side_camera"].shape == (steps,)
     assert stamps[0] == 0.0 and np.all(np.diff(stamps) > 0)
     assert np.all(np.diff(stamps) >= 0.9 / HZ)  # a tick is never shorter than its period (overruns make it longer)
     assert attrs["robot"] == "sim" and attrs["success"] and attrs["operator_success"] == "yes"
@@ -151,10 +153,10 @@ def test_sim_robot_end_to_end_records_an_episode_that_training_reads(run_dir, ex
 
     stats = subprocess.run([sys.executable, ROOT / "compute_dataset_stats.py", "--dataset_root", record, "--output",
                             tmp_path / "stats.yaml"], capture_output=True, text=True, cwd=ROOT)
-    assert stats.returncode == 0 and "observation.state: 10 frames" in stats.stdout, stats.stdout + stats.stderr
+    assert stats.returncode == 0 and f"observation.state: {steps} frames" in stats.stdout, stats.stdout + stats.stderr
     ev.main(["--policy", str(export), "--episodes_from", str(record), "--device", "cpu",
              "--output_dir", str(tmp_path / "offline")])
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("Per-joint MAE over 10 frames of 1 episodes")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"Per-joint MAE over {steps} frames of 1 episodes")
 
 
 def test_async_inference_keeps_the_period_while_a_slow_policy_predicts(export):
@@ -184,7 +186,7 @@ def test_async_inference_keeps_the_period_while_a_slow_policy_predicts(export):
         assert all(latency >= sleep_s for latency in stats.latencies_s) and stats.latencies_s
         periods[mode] = np.diff(stats.tick_starts)
         if mode == "async":
-            assert stats.starved == 0
+            assert stats.starved == 0 and len(stats.chunk_ticks) >= 2  # chunk 0 and at least one late chunk
             assert all(arrived - predicted >= sleep_s * hz for predicted, arrived in stats.chunk_ticks[1:])
         else:
             assert stats.overruns >= len(stats.latencies_s)
@@ -266,8 +268,8 @@ def test_a_chunk_past_the_speed_limit_stops_or_is_slowed_down():
     start = executed.observations[0]["qpos"]  # the first step counts from the measured joints
     steps = np.abs(np.diff(np.vstack([start, commands]), axis=0))
     assert steps.max() <= np.radians(8.0) + 1e-9
-    assert stats.steps == 5 and stats.violations["joint_step"] == 1  # 8 deg, then the remaining 6
-    np.testing.assert_allclose(commands[1:], np.tile(target, (4, 1)), atol=1e-6)
+    assert stats.steps >= 2 and stats.violations["joint_step"] == 1  # 8 deg, then the remaining 6
+    np.testing.assert_allclose(commands[1:], np.tile(target, (stats.steps - 1, 1)), atol=1e-6)
     assert stats.stop["kind"] == "max_seconds"
 
 
@@ -281,13 +283,13 @@ def test_a_chunk_leaving_the_workspace_stops_or_is_held():
     stats, executed, _ = run_loop(steady_chunk(away), workspace=box, on_violation="clip")
     start = executed.observations[0]["qpos"]
     np.testing.assert_allclose(np.array(executed.commands), np.tile(start, (stats.steps, 1)), atol=1e-7)  # held
-    assert stats.violations["workspace"] == stats.steps == 5
+    assert stats.violations["workspace"] == stats.steps >= 1
 
 
 def test_a_non_finite_prediction_stops_even_when_clipping():
     chunk = steady_chunk(HOME)
     chunk[2, 3] = np.nan
-    stats, executed, _ = run_loop(chunk, on_violation="clip")
+    stats, executed, _ = run_loop(chunk, on_violation="clip", max_seconds=5)
     assert stats.stop["kind"] == "safety:non_finite" and stats.stop["tick"] == 2 and stats.steps == 2
 
 
@@ -317,9 +319,9 @@ def test_a_dry_run_sends_nothing_and_logs_predictions_against_the_measured_joint
     np.testing.assert_allclose(robot.env.commanded_qpos(), HOME)  # the arm never got a target
     log.write(tmp_path / "dry_run.csv")
     rows = np.loadtxt(tmp_path / "dry_run.csv", delimiter=",", skiprows=1)
-    assert len(rows) == stats.steps == 5
-    np.testing.assert_allclose(rows[:, 2:8], np.tile(HOME_QPOS_DEG, (5, 1)), atol=0.5)  # measured: still at home
-    np.testing.assert_allclose(rows[:, 8:14], np.tile(np.degrees(target), (5, 1)), atol=1e-3)  # would-be commands
+    assert len(rows) == stats.steps >= 1
+    np.testing.assert_allclose(rows[:, 2:8], np.tile(HOME_QPOS_DEG, (len(rows), 1)), atol=0.5)  # measured: at home
+    np.testing.assert_allclose(rows[:, 8:14], np.tile(np.degrees(target), (len(rows), 1)), atol=1e-3)  # would-be
     assert rows[:, 19] == pytest.approx(5.0, abs=0.5)  # joint 6: 5 deg between the two
 
 
@@ -340,13 +342,17 @@ def test_a_late_chunk_replaces_the_queue_from_its_matching_element():
         late.add(np.zeros((4, 1)), predicted_at=0)
 
 
-def test_a_camera_that_stops_delivering_shows_as_a_stale_frame(tmp_path):
-    video = tmp_path / "camera.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (WIDTH, HEIGHT))
-    for _ in range(3):
+def red_video(path: Path, frames: int = 3) -> Path:
+    """A short MJPG file: an OpenCV capture source that delivers a few red frames, then ends."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (WIDTH, HEIGHT))
+    for _ in range(frames):
         writer.write(np.full((HEIGHT, WIDTH, 3), (0, 0, 255), np.uint8))  # red, in OpenCV's BGR
     writer.release()
-    capture = CameraCapture("side_camera", str(video), WIDTH, HEIGHT)
+    return path
+
+
+def test_a_camera_that_stops_delivering_shows_as_a_stale_frame(tmp_path):
+    capture = CameraCapture("side_camera", str(red_video(tmp_path / "camera.avi")), WIDTH, HEIGHT)
     deadline = time.monotonic() + 5
     while not capture.ended and time.monotonic() < deadline:  # a file ends: the camera stops delivering
         time.sleep(0.01)
@@ -435,13 +441,17 @@ def test_meca500_refuses_a_camera_layout_the_policy_was_not_trained_on(export, c
                   "{side_camera: 0, wrist: 1}", "--device", "cpu"])
 
 
-def test_meca500_connection_refused_on_loopback_is_a_clear_error(export):
-    with socket.socket() as probe:  # a port nothing listens on
+def test_meca500_connection_refused_on_loopback_is_a_clear_error(export, tmp_path):
+    """Cameras from video files (opened first, before anything moves), then mecademicpy's Connect to a port of
+    127.0.0.1 that nothing listens on."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    video = red_video(tmp_path / "camera.avi")
+    cameras = "{" + ", ".join(f"{name}: {video}" for name in ("side_camera", "tool_camera", "top_camera")) + "}"
     with pytest.raises(UserError, match=f"Meca500 at 127.0.0.1:{port}: .*--robot.address"):
         robot_cli(["--policy", export, "--robot", "meca500", "--robot.address", f"127.0.0.1:{port}", "--cameras",
-                  "{side_camera: 0, tool_camera: 1, top_camera: 2}", "--device", "cpu"])
+                   cameras, "--device", "cpu"])
 
 
 def test_command_line_refusals(capsys):
