@@ -33,27 +33,24 @@ from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_pro
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 from torch import nn
 
+from insertion_vla.config import SCHEMA
 from insertion_vla.errors import UserError
 from insertion_vla.stats import floor_constant_dims
 
 logger = logging.getLogger(__name__)
 
 ACTION_IS_PAD = "action_is_pad"
-POLICY_CONFIG_KEYS = (
-    "vlm_model_name", "pretrained_model_id", "load_vlm_weights", "n_obs_steps", "chunk_size", "n_action_steps",
-    "max_state_dim", "max_action_dim", "num_steps", "resize_imgs_with_padding", "tokenizer_max_length",
-    "freeze_vision_encoder", "train_expert_only", "train_state_proj", "num_vlm_layers",
-)
 # How the policy runs, not what it is: set on the built model, never saved in lerobot's config.
 ATTENTION_KEY = "attention"
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+# The config's policy section (its schema) minus the attention choice: what becomes lerobot's SmolVLAConfig.
+POLICY_CONFIG_KEYS = tuple(key for key in SCHEMA["policy"] if key != ATTENTION_KEY)
 # Statistics lerobot's normalizer reads; our stats files also hold `count`, which it does not need.
-NORMALIZER_STATS = ("mean", "std", "min", "max", "q01", "q99", "q10", "q90")
+NORMALIZER_STATS = ("mean", "std", "min", "max", "q01", "q99")
+# The modes the config allows (normalization.mode; IDENTITY also when normalization is off) and what they read.
 STATS_NEEDED = {
     NormalizationMode.MEAN_STD: ("mean", "std"),
     NormalizationMode.MIN_MAX: ("min", "max"),
-    NormalizationMode.QUANTILES: ("q01", "q99"),
-    NormalizationMode.QUANTILE10: ("q10", "q90"),
     NormalizationMode.IDENTITY: (),
 }
 
@@ -148,27 +145,12 @@ def make_smolvla_config(
         raise UserError(
             f"policy section: missing keys {missing}, unknown keys {unknown}; expected {list(POLICY_CONFIG_KEYS)}"
         )
+    # Ranges, square images, n_action_steps <= chunk_size and the normalization mode are checked at config load
     height, width = policy_cfg["resize_imgs_with_padding"]
-    if height != width:
-        # SmolVLM's connector (pixel shuffle) folds the patch grid as a square; lerobot also reads the pair
-        # as (width, height). Only square images work.
-        raise UserError(
-            f"policy.resize_imgs_with_padding={[height, width]}: SmolVLA needs square images, e.g. [{height}, {height}]"
-        )
     bad_keys = [k for k in camera_keys if not k.startswith(f"{OBS_IMAGES}.")]
     if not camera_keys or bad_keys:
         raise UserError(f"camera keys must look like '{OBS_IMAGES}.camera1'; got {camera_keys}")
-    try:
-        mode = NormalizationMode[normalization_mode]
-    except KeyError:
-        raise UserError(
-            f"normalization.mode={normalization_mode!r} is not a lerobot NormalizationMode; choose one of "
-            f"{[m.name for m in NormalizationMode]}"
-        ) from None
-    if policy_cfg["n_action_steps"] > policy_cfg["chunk_size"]:
-        raise UserError(
-            f"policy.n_action_steps={policy_cfg['n_action_steps']} exceeds policy.chunk_size={policy_cfg['chunk_size']}"
-        )
+    mode = NormalizationMode[normalization_mode]
     for dim, name, limit in ((state_dim, "state", "max_state_dim"), (action_dim, "action", "max_action_dim")):
         if dim > policy_cfg[limit]:
             raise UserError(f"the {name} has {dim} dims but policy.{limit}={policy_cfg[limit]}; raise policy.{limit}")

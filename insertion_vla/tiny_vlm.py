@@ -53,12 +53,19 @@ _BPE_CORPUS = [
 ]
 
 # Architecture presets. "smolvlm2-500m" copies the dimensions of HuggingFaceTB/SmolVLM2-500M-Video-Instruct
-# (weights random) for realistic speed/memory benchmarks; "tiny" is for tests and the CPU demo.
+# (weights random) for realistic speed/memory benchmarks; "tiny" is for tests and the CPU demo; "tiny-vision" is
+# "tiny" with a finer, wider vision encoder (8-pixel patches: 16 image tokens per camera at 64x64 instead of 4), for
+# learning on CPU where the policy must see where things are (train it: policy.freeze_vision_encoder=false).
 PRESETS = {
     "tiny": dict(
         vocab_size=512, text_hidden=64, text_intermediate=128, text_layers=4, text_heads=4, text_kv_heads=2,
         head_dim=16, vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
         image_size=512, patch_size=16, scale_factor=2,
+    ),
+    "tiny-vision": dict(
+        vocab_size=512, text_hidden=64, text_intermediate=128, text_layers=4, text_heads=4, text_kv_heads=2,
+        head_dim=16, vision_hidden=64, vision_intermediate=128, vision_layers=2, vision_heads=4,
+        image_size=512, patch_size=8, scale_factor=2,
     ),
     "smolvlm2-500m": dict(
         vocab_size=49280, text_hidden=960, text_intermediate=2560, text_layers=32, text_heads=15,
@@ -169,7 +176,8 @@ def main(argv=None):
     parser.add_argument("out_dir", help="directory to write (replaced if it exists)")
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="tiny",
-        help="'tiny' (default): a few thousand parameters, for tests and the CPU demo; 'smolvlm2-500m': the "
+        help="'tiny' (default): a few thousand parameters, for tests and the CPU demo; 'tiny-vision': tiny with "
+        "8-pixel patches and a wider vision encoder, for CPU learning that needs vision; 'smolvlm2-500m': the "
         "dimensions of HuggingFaceTB/SmolVLM2-500M-Video-Instruct with random weights, for benchmarks",
     )
     args = parser.parse_args(argv)
