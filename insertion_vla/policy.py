@@ -38,6 +38,7 @@ from insertion_vla.errors import UserError
 from insertion_vla.stats import floor_constant_dims
 
 logger = logging.getLogger(__name__)
+SAFETENSORS_FILE = "model.safetensors"  # the weights file of a saved lerobot policy
 
 ACTION_IS_PAD = "action_is_pad"
 # How the policy runs, not what it is: set on the built model, never saved in lerobot's config.
@@ -117,6 +118,7 @@ def build_policy(
         if pretrained is not None:
             # All weights, the VLM's included, come from the trained SmolVLA; config (features, sizes) is ours.
             policy = SmolVLAPolicy.from_pretrained(pretrained, config=config)
+            check_every_weight_loaded(policy, pretrained)
         else:
             policy = SmolVLAPolicy(config).to(config.device).eval()
         preprocessor, postprocessor = make_smolvla_pre_post_processors(config, dataset_stats=lerobot_stats)
@@ -128,6 +130,35 @@ def build_policy(
     freeze_unreached_vlm_layers(policy)
     set_attention(policy, attention)
     return policy, preprocessor, postprocessor
+
+
+def check_every_weight_loaded(policy: SmolVLAPolicy, pretrained: str) -> None:
+    """Refuse a pretrained SmolVLA that lacks some of the policy's weights.
+
+    lerobot's from_pretrained loads with strict=False and only logs missing keys, so a renamed parameter (as
+    transformers versions rename some) would silently stay random while training goes on. Tensors that share
+    storage (tied weights) are saved once: one name of a shared tensor in the file is enough.
+    """
+    from huggingface_hub import hf_hub_download
+    from safetensors import safe_open
+
+    directory = Path(pretrained)
+    model_file = directory / SAFETENSORS_FILE if directory.is_dir() else hf_hub_download(pretrained, SAFETENSORS_FILE)
+    with safe_open(str(model_file), framework="pt") as f:
+        in_file = set(f.keys())
+    by_storage: dict[int, list[str]] = {}
+    for name, tensor in policy.state_dict().items():
+        by_storage.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    missing = sorted(name for names in by_storage.values() if not in_file.intersection(names) for name in names)
+    if missing:
+        unexpected = sorted(in_file - set(policy.state_dict()))
+        raise UserError(
+            f"policy.pretrained_model_id={pretrained!r}: {len(missing)} weights of the policy are not in {model_file} "
+            f"and would stay random: {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+            + (f"; the file has names the policy lacks: {unexpected[:8]}" if unexpected else "")
+            + ". The file comes from another lerobot/transformers version or architecture (policy.num_vlm_layers, "
+            "vlm_model_name): use a SmolVLA saved by this lerobot version, or one whose names match."
+        )
 
 
 def make_smolvla_config(

@@ -232,3 +232,17 @@ def test_bad_policy_config_is_a_clear_error(tiny_vlm_dir):
         build(tiny_vlm_dir, resize_imgs_with_padding=[48, 48])
     with pytest.raises(UserError, match="unknown keys \\['lr'\\]"):
         build(tiny_vlm_dir, lr=1e-4)
+
+
+def test_a_pretrained_file_missing_some_weights_is_refused_naming_them(tiny_vlm_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    trained, _, _ = build(tiny_vlm_dir)
+    trained.save_pretrained(tmp_path / "smolvla")
+    build(tiny_vlm_dir, pretrained_model_id=str(tmp_path / "smolvla"))  # the file as saved loads
+    weights_file = tmp_path / "smolvla" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["model.state_projection.weight"] = weights.pop("model.state_proj.weight")  # as a renaming release would
+    save_file(weights, weights_file)
+    with pytest.raises(UserError, match=r"would stay random: \['model\.state_proj\.weight'\].*lacks: \['model\.state_projection\.weight'\]"):
+        build(tiny_vlm_dir, pretrained_model_id=str(tmp_path / "smolvla"))
