@@ -46,9 +46,11 @@ class BackgroundPredictor:
         self.busy = False
         return prediction
 
-    def close(self) -> None:
-        """Stop serving; a prediction in flight finishes in its (daemon) thread and is dropped."""
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop serving: a prediction in flight is finished and dropped (waited for up to timeout_s, so that the
+        model is not still in use once the loop has returned)."""
         self._requests.put(None)
+        self._thread.join(timeout_s)
 
     def _serve(self) -> None:
         while (request := self._requests.get()) is not None:

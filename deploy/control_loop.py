@@ -133,7 +133,7 @@ class ControlLoop:
             self._stopped(f"safety:{stop.kind}", stop.detail, tick)
         except RobotFault as fault:
             self._stopped("robot_fault", str(fault), tick)
-        except Exception as err:  # a bug or a broken model: stop the arm first, then tell
+        except Exception as err:  # a bug or a broken model: told, and the arm stopped as on any other stop
             traceback.print_exc()
             self._stopped("error", f"{type(err).__name__}: {err}", tick)
         finally:

@@ -64,16 +64,15 @@ def tool_frame_for_robot() -> list[float]:
 
 def check_pose_feedback(q: np.ndarray, ee_pose: np.ndarray) -> None:
     """Refuse when the robot's reported tip pose is not the simulator's kinematics of its reported joints."""
-    expected = tip_pose(q)
-    reported_rotation = matrix_from_euler_xyz(ee_pose[3:])
+    expected, simulated = tip_pose(q), ee_pose_from_joints(q)
     distance_mm = float(np.linalg.norm(ee_pose[:3] - expected[:3, 3]) * 1000.0)
-    angle_deg = float(np.degrees(rotation_angle_between(reported_rotation, expected[:3, :3])))
+    angle_deg = float(np.degrees(rotation_angle_between(matrix_from_euler_xyz(ee_pose[3:]), expected[:3, :3])))
     if distance_mm > POSE_CHECK_MM or angle_deg > POSE_CHECK_DEG:
         raise UserError(
             f"the Meca500 reports the needle tip at {np.round(ee_pose[:3] * 1000, 1).tolist()} mm, "
             f"{np.round(np.degrees(ee_pose[3:]), 1).tolist()} deg, but the simulator's kinematics put it at "
-            f"{np.round(ee_pose_from_joints(q)[:3] * 1000, 1).tolist()} mm, "
-            f"{np.round(np.degrees(ee_pose_from_joints(q)[3:]), 1).tolist()} deg for the same joints ({distance_mm:.1f} "
+            f"{np.round(simulated[:3] * 1000, 1).tolist()} mm, "
+            f"{np.round(np.degrees(simulated[3:]), 1).tolist()} deg for the same joints ({distance_mm:.1f} "
             f"mm, {angle_deg:.1f} deg apart; tolerance {POSE_CHECK_MM} mm, {POSE_CHECK_DEG} deg). The tool frame or the "
             "world frame on the robot is not the one the policy was trained with: reset the WRF to the base frame "
             f"(SetWrf 0,0,0,0,0,0) and check that nothing else sets the TRF (this program sets {tool_frame_for_robot()})."

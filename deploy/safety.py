@@ -115,13 +115,13 @@ def check_observation(observation: dict, now: float, period: float, cameras: tup
 
 
 def check_start(observation: dict, limits: SafetyLimits) -> None:
-    """Refuse to start with the needle tip outside the workspace (the first command could not be held)."""
+    """SafetyStop before the first command when the needle tip is outside the workspace (nothing could be held)."""
     tip = tip_pose(observation["qpos"])[:3, 3]
     box = limits.workspace
     if np.any(tip < box[:, 0]) or np.any(tip > box[:, 1]):
-        raise UserError(f"the needle tip is at {np.round(tip * 1000, 1).tolist()} mm, outside the workspace "
-                        f"{np.round(box * 1000).astype(int).tolist()} mm (x, y, z ranges): move the arm into it, or "
-                        "set --workspace to your setup's box")
+        raise SafetyStop("workspace", f"at the start, the needle tip is at {np.round(tip * 1000, 1).tolist()} mm, "
+                                      f"outside the workspace {np.round(box * 1000).astype(int).tolist()} mm (x, y, z "
+                                      "ranges): move the arm into it, or set --workspace to your setup's box")
 
 
 def check_layout(policy, dataset_cfg: dict, robot, jpeg_quality: int) -> PolicyInputs:

@@ -285,6 +285,9 @@ def test_a_chunk_leaving_the_workspace_stops_or_is_held():
     np.testing.assert_allclose(np.array(executed.commands), np.tile(start, (stats.steps, 1)), atol=1e-7)  # held
     assert stats.violations["workspace"] == stats.steps >= 1
 
+    stats, _, _ = run_loop(steady_chunk(HOME), workspace=[(0.5, 0.6)] * 3)  # the tip starts outside: no first move
+    assert stats.stop["kind"] == "safety:workspace" and "at the start" in stats.stop["reason"] and stats.steps == 0
+
 
 def test_a_non_finite_prediction_stops_even_when_clipping():
     chunk = steady_chunk(HOME)
