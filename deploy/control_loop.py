@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from deploy.async_inference import BackgroundPredictor
-from deploy.robot import RobotFault
+from deploy.robot import Robot, RobotFault
 from deploy.safety import SafetyLimits, SafetyStop, check_command, check_observation, check_start
 from deploy.stop_request import StopRequest
 from evaluation.drivers import ActionChunkSchedule
@@ -66,10 +66,10 @@ class _OperatorStop(Exception):
 
 
 class ControlLoop:
-    """robot: deploy.robot.Robot; predict: observation -> chunk (chunk_size, 6) rad; sinks: objects with
-    add(observation, command, time_s) called for every executed tick (the recording, the dry-run log)."""
+    """predict: observation -> chunk (chunk_size, 6) rad; sinks: objects with add(observation, command, time_s)
+    called for every executed tick (the recording, the dry-run log)."""
 
-    def __init__(self, robot, predict: Callable[[dict], np.ndarray], chunk_size: int, settings: LoopSettings,
+    def __init__(self, robot: Robot, predict: Callable[[dict], np.ndarray], chunk_size: int, settings: LoopSettings,
                  limits: SafetyLimits, stop_request: StopRequest, sinks: tuple = ()):
         if not 1 <= settings.n_action_steps <= chunk_size:
             raise ValueError(f"n_action_steps must be in [1, {chunk_size}], got {settings.n_action_steps}")
