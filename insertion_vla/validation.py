@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Subset, default_collate
 
 from episode_format.atomic import atomic_write_text
 from insertion_vla import distributed as dist

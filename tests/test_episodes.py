@@ -1,7 +1,7 @@
 import h5py
 import numpy as np
 import pytest
-from episode_files import CAMERAS, frame, write_dataset, write_episode
+from episode_files import CAMERAS, frame, write_episode
 
 from episode_format.errors import EpisodeFormatError
 from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
