@@ -78,6 +78,9 @@ SCHEMA = {
             {"side_camera": "camera1", "tool_camera": "camera2", "top_camera": "camera3"},
             help="HDF5 camera name -> lerobot name (observation.images.<name>)",
         ),
+        "decode": _field("cpu", choices=("cpu", "cuda"),
+                         help="where camera JPEGs are decoded and resized: cpu (OpenCV in the DataLoader workers) or "
+                              "cuda (torchvision, batched, on the training device; JPEG frames only)"),
         "augment": _field(False, help="photometric augmentation of training images (real data)"),
         "augmentation": {
             "brightness": _field(0.2, *NUMBER, at_least=0, at_most=1, help="max relative brightness change"),
@@ -119,6 +122,9 @@ SCHEMA = {
         "loss_spike_threshold": _field(10.0, *NUMBER, above=1, help="spike: loss > threshold x recent mean"),
         "loss_spike_window": _field(100, at_least=1, help="losses in the recent mean"),
         "max_nonfinite_steps": _field(10, at_least=1, help="stop after this many non-finite steps in a row"),
+        "max_bad_samples": _field(10, at_least=0, help="stop once more than this many bad frames (a JPEG that does not "
+                                  "decode, a NaN/Inf state or action row) were met, over all ranks; until then a sample "
+                                  "needing one is replaced by another and the frame listed in bad_samples.csv"),
         "use_bfloat16": _field(True, help="bf16 autocast on CUDA"),
         "compile": _field(False, help="torch.compile the loss; the first step compiles (minutes), its time is printed"),
         "device": _field("auto", choices=("auto", "cuda", "cpu"), help="auto, cuda or cpu"),
@@ -310,6 +316,9 @@ def validate(cfg: dict):
     if p["n_action_steps"] > p["chunk_size"]:
         raise ConfigError(f"policy.n_action_steps ({p['n_action_steps']}) must not exceed policy.chunk_size "
                           f"({p['chunk_size']}): a prediction has chunk_size actions to execute.")
+    if d["augment"] and d["decode"] == "cuda":
+        raise ConfigError("dataset.augment needs dataset.decode=cpu: the augmentation works on images decoded in "
+                          "the DataLoader workers.")
     betas = cfg["optimizer"]["betas"]
     if len(betas) != 2 or not all(isinstance(b, NUMBER) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}.")
