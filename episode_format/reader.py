@@ -52,11 +52,14 @@ def discover_episodes(root, source: str = TRAINING_ROOT) -> list[Path]:
 
 
 class Episode:
-    """One opened, schema-checked episode. Low-dimensional arrays in memory, frames read on demand."""
+    """One opened, schema-checked episode. Low-dimensional arrays in memory, frames read on demand.
 
-    def __init__(self, path, keys: EpisodeKeys):
+    check_finite=False lets state/action rows with NaN/Inf through, for a reader that skips such rows itself."""
+
+    def __init__(self, path, keys: EpisodeKeys, *, check_finite: bool = True):
         self.path = Path(path)
         self.keys = keys
+        self.check_finite = check_finite
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
@@ -128,7 +131,8 @@ class Episode:
         if self.length == 0:
             raise EpisodeFormatError(f"{self.path}: the episode has no frames (T = 0). Remove it or re-record it.")
         self.state = np.concatenate(parts, axis=1)
-        for name, arr in (("state", self.state), (self.keys.action_key, self.action)):
+        checked = (("state", self.state), (self.keys.action_key, self.action)) if self.check_finite else ()
+        for name, arr in checked:
             bad = np.argwhere(~np.isfinite(arr))
             if len(bad):
                 frame, dim = bad[0]
@@ -138,14 +142,21 @@ class Episode:
                 )
         self.attrs = {k: _plain(v) for k, v in self._file.attrs.items()}
 
-    def read_image(self, camera: str, t: int) -> np.ndarray:
-        """Frame t of an HDF5 camera as uint8 RGB (H, W, 3)."""
-        ds = self._images[camera]
+    def is_jpeg(self, camera: str) -> bool:
+        """Whether the camera stores one JPEG per frame (else raw RGB frames)."""
+        return self._images[camera].ndim == 1
+
+    def read_frame(self, camera: str, t: int) -> np.ndarray:
+        """Frame t of an HDF5 camera as stored: JPEG bytes (1-D uint8) or raw uint8 RGB (H, W, 3)."""
         try:
-            data = ds[t]
+            return self._images[camera][t]
         except OSError as err:
             raise EpisodeFormatError(f"{self.path}: cannot read camera '{camera}' frame {t} ({err}); the file is damaged.") from None
-        if ds.ndim == 4:
+
+    def read_image(self, camera: str, t: int) -> np.ndarray:
+        """Frame t of an HDF5 camera as uint8 RGB (H, W, 3)."""
+        data = self.read_frame(camera, t)
+        if not self.is_jpeg(camera):
             return data
         try:
             return decode_jpeg(data)
@@ -198,5 +209,5 @@ def _plain(value):
     return value
 
 
-def open_episode(path, keys: EpisodeKeys) -> Episode:
-    return Episode(path, keys)
+def open_episode(path, keys: EpisodeKeys, *, check_finite: bool = True) -> Episode:
+    return Episode(path, keys, check_finite=check_finite)

@@ -23,12 +23,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from episode_format.atomic import remove_stale_temporaries
 from episode_format.reader import discover_episodes
 from insertion_vla import distributed as dist
+from insertion_vla.bad_samples import BadSampleLog
 from insertion_vla.checkpoint import BEST, find_resume_checkpoint, link_or_copy, load_checkpoint, prune_checkpoints, save_checkpoint
 from insertion_vla.config import save_config
-from insertion_vla.dataset import EpisodeDataset
+from insertion_vla.dataset import EpisodeDataset, bad_frames_of
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
+from insertion_vla.gpu_images import DeviceImageDecoder
 from insertion_vla.monitor import RunMonitor, format_eval_line, format_train_line, format_val_line, system_metrics
 from insertion_vla.optim import lr_at, make_optimizer, set_lr
 from insertion_vla.plots import plot_loss_curves, plot_trajectories
@@ -96,6 +98,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
                   f"{runtime.world_size} x {runtime.device.type}, steps {state.step} -> {end_step}"
                   + (f", resumed from {ckpt_path}" if ckpt else "") + (" (scheduler reset)" if reset_scheduler else ""))
     loss_watch = LossWatch(training, state.loss_history, monitor, SpikeLog(out_dir, state.step) if runtime.is_main else None, paths)
+    bad_samples = BadSampleLog(out_dir, state.step, training["max_bad_samples"], monitor, runtime.is_main)
     autocast = make_autocast(runtime.device, training["use_bfloat16"])
     batches = micro_batches(train_set, runtime, training, cfg["seed"], state.epoch, state.batch_in_epoch)
 
@@ -121,6 +124,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
                                stop_requested)
         state.step, state.epoch, state.batch_in_epoch = state.step + 1, result.epoch, result.batch_in_epoch
         loss_watch.check(state.step, result.losses["train/loss"], result.finite, result.episodes, result.frames)
+        bad_samples.check(state.step, result.bad_frames, result.bad_frames_on_some_rank)
         monitor.advance(state.step)
 
         if due(training["log_freq"]):
@@ -173,11 +177,12 @@ def held_out_split(validation, paths, seed, ckpt) -> tuple[list[int], list[int]]
 
 
 def episode_datasets(cfg, keys, paths, train_idx, val_idx):
-    """-> (training set, augmented when dataset.augment; held-out set, or None when nothing is held out)."""
+    """-> (training set, augmented when dataset.augment, decoded where dataset.decode says; held-out set, decoded
+    on the CPU, or None when nothing is held out). Both replace samples that need a bad frame."""
     dataset = cfg["dataset"]
     common = dict(keys=keys, horizon=dataset["horizon"], image_size=cfg["policy"]["resize_imgs_with_padding"],
-                  task_instruction=dataset["task_instruction"], seed=cfg["seed"])
-    train_set = EpisodeDataset([paths[i] for i in train_idx], episode_indices=train_idx,
+                  task_instruction=dataset["task_instruction"], seed=cfg["seed"], replace_bad_frames=True)
+    train_set = EpisodeDataset([paths[i] for i in train_idx], episode_indices=train_idx, decode=dataset["decode"],
                                augmentation=dataset["augmentation"] if dataset["augment"] else None, **common)
     val_set = EpisodeDataset([paths[i] for i in val_idx], episode_indices=val_idx, **common) if val_idx else None
     return train_set, val_set
@@ -236,6 +241,8 @@ class StepResult:
     batch_in_epoch: int
     episodes: list[int]  # this rank's samples of the step
     frames: list[int]
+    bad_frames: list[dict]  # this rank's bad frames met loading the step's samples (replaced by others)
+    bad_frames_on_some_rank: bool
 
 
 def update_policy(objective, optimizer, trainable, batches, preprocessor, state: RunState, cfg, runtime, autocast,
@@ -248,9 +255,10 @@ def update_policy(objective, optimizer, trainable, batches, preprocessor, state:
     set_lr(optimizer, lr)
     torch.manual_seed(cfg["seed"] * 1_000_003 + state.step * 1009 + runtime.rank)  # noise and time of this step
     loss_sums = torch.zeros(len(LOSS_NAMES), device=runtime.device)
-    episodes, frames = [], []
+    episodes, frames, bad_frames = [], [], []
     for micro in range(accumulation):
         epoch, batch_in_epoch, raw = next(batches)
+        bad_frames += bad_frames_of(raw)
         batch = prepare_batch(raw, preprocessor, runtime.device)
         last = micro == accumulation - 1
         sync = contextlib.nullcontext() if last or not runtime.enabled else objective.no_sync()
@@ -263,17 +271,19 @@ def update_policy(objective, optimizer, trainable, batches, preprocessor, state:
         frames += raw["frame_index"].tolist()
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["optimizer"]["grad_clip_norm"])
     # One host sync per step: the losses averaged over ranks, the gradient norm (already equal on every rank)
-    # and the stop votes. A NaN/Inf on any rank makes the mean non-finite everywhere, so all ranks skip the
-    # same steps, and every rank stops after the same step.
-    *step_losses, grad_norm, stop_votes = dist.mean_over_ranks(torch.cat([
-        loss_sums, grad_norm.reshape(1).float(), torch.tensor([float(stop_requested())], device=runtime.device)])).tolist()
+    # the stop votes and the bad-frame counts. A NaN/Inf on any rank makes the mean non-finite everywhere, so all
+    # ranks skip the same steps, and every rank stops after the same step.
+    *step_losses, grad_norm, stop_votes, bad_frame_counts = dist.mean_over_ranks(torch.cat([
+        loss_sums, grad_norm.reshape(1).float(),
+        torch.tensor([float(stop_requested()), float(len(bad_frames))], device=runtime.device)])).tolist()
     finite = all(map(math.isfinite, [*step_losses, grad_norm]))
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(losses={f"train/{name}": value for name, value in zip(LOSS_NAMES, step_losses)},
                       grad_norm=grad_norm, lr=lr, finite=finite, stop=stop_votes > 0, epoch=epoch,
-                      batch_in_epoch=batch_in_epoch, episodes=episodes, frames=frames)
+                      batch_in_epoch=batch_in_epoch, episodes=episodes, frames=frames, bad_frames=bad_frames,
+                      bad_frames_on_some_rank=bad_frame_counts > 0)
 
 
 def validate_and_plot(policy, preprocessor, postprocessor, val_set, cfg, runtime, autocast, monitor, step) -> dict:
@@ -313,7 +323,8 @@ def check_compatible(ckpt, ckpt_path, train_set, camera_keys, stats, cfg, is_mai
 
 def micro_batches(dataset, runtime, training, seed, epoch, start_batch):
     """Endless (epoch, batches done in the epoch, batch): DistributedSampler order per (seed, epoch), picking
-    up after `start_batch` batches of `epoch` when resuming."""
+    up after `start_batch` batches of `epoch` when resuming; images decoded on the device when dataset.decode=cuda."""
+    on_device = DeviceImageDecoder(dataset, runtime.device) if dataset.decode == "cuda" else None
     sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=seed, drop_last=True)
     if len(sampler) < training["batch_size"]:
         raise UserError(f"the training set gives each of the {runtime.world_size} processes {len(sampler)} frames, fewer "
@@ -324,9 +335,10 @@ def micro_batches(dataset, runtime, training, seed, epoch, start_batch):
         order = list(sampler)[start_batch * training["batch_size"]:]
         loader = DataLoader(dataset, batch_size=training["batch_size"], sampler=order, drop_last=True,
                             num_workers=training["num_workers"], pin_memory=runtime.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed + epoch), worker_init_fn=ignore_stop_signals)
+                            collate_fn=dataset.collate, generator=torch.Generator().manual_seed(seed + epoch),
+                            worker_init_fn=ignore_stop_signals)
         for i, batch in enumerate(loader, start=start_batch + 1):
-            yield epoch, i, batch
+            yield epoch, i, on_device(batch) if on_device else batch
         epoch, start_batch = epoch + 1, 0
 
 
