@@ -45,6 +45,7 @@ class Tier:
     steps: int
     collect: dict = field(default_factory=dict)  # further sim.collect flags
     train: dict = field(default_factory=dict)  # train_smolvla_sim.py overrides beyond BASE_TRAIN
+    vlm_preset: str = "tiny"  # python -m insertion_vla.tiny_vlm --preset
 
 
 # What every tier trains with: train_config_smolvla_demo.yaml (the tiny VLM at 64x64 on CPU) changed where the
@@ -62,7 +63,8 @@ TIERS = {
                   episodes=24, steps=5000, collect={"hold_seconds": 2}),
     "narrow": Tier(placement={"phantom_x_range": 0.01, "phantom_y_min": -0.01, "phantom_y_max": 0.01,
                               "phantom_yaw_range_deg": 5},
-                   episodes=48, steps=6000),
+                   episodes=48, steps=6000, collect={"hold_seconds": 2, "perturb_std": 0.002},
+                   train={"policy.freeze_vision_encoder": False, "policy.train_expert_only": False}, vlm_preset="tiny-vision"),
     "full": Tier(placement={}, episodes=48, steps=6000),
 }
 
@@ -147,8 +149,7 @@ def main(argv=None):
     config = ROOT / "train_config_smolvla_demo.yaml"
     data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}"]
     run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
-    if not (vlm / "config.json").is_file():
-        run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm], timings)
+    run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm, "--preset", tier.vlm_preset], timings)
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
