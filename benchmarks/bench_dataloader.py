@@ -8,7 +8,12 @@ Full-size data: 3 cameras, 640x480 JPEG q95 with Gaussian noise (std 5) baked in
 - bare limit: a loop of cv2.imdecode + resize + pad over the same JPEG bytes, preloaded in memory, in one
   process with OpenCV on one thread (the work one DataLoader worker has to do, and nothing else);
 - ours: insertion_vla.dataset.EpisodeDataset through a torch DataLoader (batch 16, as training) with
-  0, 1, 2 workers;
+  0, 1, 2 workers, in three layouts (--layouts):
+  - chw: as shipped, each image (3, 512, 512) uint8, lerobot's layout (a transposing copy in the worker);
+  - hwc: the same images left (512, 512, 3), for the device to permute (an EpisodeDataset subclass: measured,
+    not shipped);
+  - bytes: dataset.decode=cuda, the workers only read the JPEG bytes (the decode on the device is not
+    counted: insertion_vla.gpu_images does it on the GPU);
 - lerobot: the same frames written with LeRobotDataset.create(use_videos=True) (lerobot's default AV1 video
   encoding), read as lerobot-train reads them: LeRobotDataset(delta_timestamps={"action": 50 steps}) through
   the same DataLoader, with each decoder backend that works here (torchcodec needs FFmpeg's shared libraries).
@@ -32,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.measure import (TreeRSSSampler, cpu_seconds, in_fresh_process, load_average, machine, mb, median,
-                                print_table, rss_now)
+from benchmarks.measure import TreeRSSSampler, cpu_seconds, in_fresh_process, load_average, machine, mb, median, print_table, rss_now
 from benchmarks.synthetic import CAMERAS, FPS, TASK, write_full_size_episodes
 
 HORIZON = 50
 LIMIT = "bare OpenCV loop (1 thread)"
+LAYOUTS = {"chw": "EpisodeDataset (ours), CHW", "hwc": "EpisodeDataset, HWC (device permutes)",
+           "bytes": "EpisodeDataset, decode=cuda (JPEG bytes)"}
 
 
 def parse_args(argv=None):
@@ -45,11 +51,14 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=int, default=3, help="episodes to generate (default: %(default)s)")
     p.add_argument("--length", type=int, default=80, help="frames per episode (default: %(default)s)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader num_workers to measure (default: 0 1 2)")
+    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
+                   help="what our dataset returns per image, see above (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=16, help="DataLoader batch size (default: %(default)s, training's per-GPU batch)")
     p.add_argument("--samples", type=int, default=192,
                    help="random samples (without repetition) read per measurement, at most episodes x length (default: %(default)s)")
     p.add_argument("--image_size", type=int, default=512, help="square side the images are resized to with padding (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every measurement; the median is reported (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved repetitions of every measurement; the median is reported (default: %(default)s)")
     p.add_argument("--lerobot_backends", nargs="*", default=["pyav", "torchcodec"],
                    help="LeRobotDataset video backends to measure, those that fail to load are reported and skipped; "
                    "none: skip lerobot (default: pyav torchcodec)")
@@ -111,7 +120,7 @@ def _time_loader(loader, workers: int) -> dict:
             "peak_child": TreeRSSSampler.peak_child(), "peak_total": rss.peak_total}
 
 
-def ours(paths, indices, workers, batch_size, image_size) -> dict:
+def ours(paths, indices, workers, batch_size, image_size, layout) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -119,14 +128,19 @@ def ours(paths, indices, workers, batch_size, image_size) -> dict:
     from insertion_vla.dataset import EpisodeDataset
     from insertion_vla.episodes import keys_from_config
 
+    class HWCEpisodeDataset(EpisodeDataset):
+        image_tensor = staticmethod(torch.from_numpy)  # (H, W, 3) as resized: no transposing copy
+
     cfg = defaults()["dataset"]  # the real configuration's cameras, state and action keys
-    dataset = EpisodeDataset(paths, keys_from_config(cfg), horizon=HORIZON, image_size=(image_size, image_size),
-                             task_instruction=cfg["task_instruction"])
+    cls = HWCEpisodeDataset if layout == "hwc" else EpisodeDataset
+    dataset = cls(paths, keys_from_config(cfg), horizon=HORIZON, image_size=(image_size, image_size),
+                  task_instruction=cfg["task_instruction"], decode="cuda" if layout == "bytes" else "cpu")
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+                        collate_fn=dataset.collate, generator=torch.Generator().manual_seed(0))
     result = _time_loader(loader, workers)
-    batch = next(iter(DataLoader(dataset, batch_size=2, sampler=indices[:2])))
-    result["sample"] = {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items() if hasattr(v, "shape")}
+    batch = next(iter(DataLoader(dataset, batch_size=2, sampler=indices[:2], collate_fn=dataset.collate)))
+    result["sample"] = {k: (tuple(v.shape), str(v.dtype)) if hasattr(v, "shape") else (f"list of {len(v)} 1-D uint8 JPEG", "")
+                        for k, v in batch.items() if hasattr(v, "shape") or k.startswith("observation.images.")}
     return result
 
 
@@ -223,8 +237,9 @@ def main(argv=None):
             runs.setdefault(("bare OpenCV loop (default threads)", 0), []).append(
                 in_fresh_process(bare_opencv, paths, indices, lengths, args.image_size, None))
             for w in args.workers:
-                runs.setdefault(("EpisodeDataset (ours)", w), []).append(
-                    in_fresh_process(ours, paths, indices, w, args.batch_size, args.image_size))
+                for layout in args.layouts:
+                    runs.setdefault((LAYOUTS[layout], w), []).append(
+                        in_fresh_process(ours, paths, indices, w, args.batch_size, args.image_size, layout))
                 for backend in backends:
                     runs.setdefault((f"LeRobotDataset video, {backend}", w), []).append(
                         in_fresh_process(lerobot, tmp / "lerobot", indices, w, args.batch_size, backend))
@@ -246,6 +261,15 @@ def main(argv=None):
     print_table(["loader", "workers", "samples/s median", "best", "best per worker", "of limit", "samples/CPU-s median",
                  "best", "of limit", "RSS before MiB", "peak RSS main MiB", "peak RSS worker MiB", "peak RSS sum MiB",
                  "load (1 min) per repeat"], rows)
+    print("\nlayouts of our dataset, per worker (best of the repeats): samples/s as a share of the bare limit; "
+          "samples per CPU-second, and as a ratio to CHW")
+    for w in args.workers:
+        best = {layout: (max(r["samples_per_s"] for r in runs[(LAYOUTS[layout], w)]) / max(1, w),
+                         max(r["samples_per_cpu_s"] for r in runs[(LAYOUTS[layout], w)])) for layout in args.layouts}
+        print(f"  {w} workers: " + "; ".join(
+            f"{layout} {100 * per_worker / limit:.0f} % of limit, {per_cpu:.0f}/CPU-s"
+            + (f" ({per_cpu / best['chw'][1]:.2f}x chw)" if "chw" in best and layout != "chw" else "")
+            for layout, (per_worker, per_cpu) in best.items()))
     print()
     for (name, workers), results in runs.items():
         if "sample" in results[0] and workers == args.workers[0]:

@@ -215,7 +215,7 @@ class EpisodeDataset(Dataset):
                     img = resize_with_pad(ep.read_image(camera, t), self.width, self.height)
                     if rng is not None:
                         img = augment_image(img, self.augmentation, rng)
-                    image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+                    image = self.image_tensor(img)
                 else:
                     image = torch.from_numpy(ep.read_frame(camera, t))
             except EpisodeFormatError as err:
@@ -228,6 +228,12 @@ class EpisodeDataset(Dataset):
         sample["episode_index"] = self.episode_indices[pos]
         sample["frame_index"] = t
         return sample
+
+    @staticmethod
+    def image_tensor(img: np.ndarray) -> torch.Tensor:
+        """A decoded, resized uint8 (H, W, 3) image as samples carry it: (3, H, W), lerobot's layout.
+        (benchmarks/bench_dataloader.py measures the (H, W, 3) alternative through this.)"""
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
     def collate(self, samples: list[dict]) -> dict:
         """DataLoader collate_fn: torch's default, except that JPEG bytes (decode="cuda") stay lists per camera."""
