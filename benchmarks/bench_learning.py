@@ -79,6 +79,13 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=int, help="demonstrations to collect (default: the tier's)")
     p.add_argument("--steps", type=int, help="training steps (default: the tier's)")
     p.add_argument("--workers", type=int, default=2, help="collection processes (default: %(default)s)")
+    p.add_argument("--n_action_steps", type=int, nargs="+", metavar="K",
+                   help="final evaluation once per value: actions of a chunk executed per prediction (a sweep; "
+                        "default: the policy's own, policy.n_action_steps)")
+    p.add_argument("--temporal_ensemble_coeff", type=float,
+                   help="final evaluation with temporal ensembling of overlapping chunks (evaluate_smolvla_sim.py's flag)")
+    p.add_argument("--eval_only", action="store_true",
+                   help="only the final evaluation(s), of the policy already trained in OUT (e.g. another sweep)")
     args, overrides = p.parse_known_args(argv)
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
@@ -127,9 +134,9 @@ def plot_learning_curve(loss: list, evaluations: list, final: tuple[int, float],
     success_axis.plot([final[0]], [100 * final[1]], "s", color="tab:red", markersize=9, label="success, final evaluation")
     success_axis.set_ylabel("closed-loop success (%)", color="tab:green")
     success_axis.set_ylim(-3, 103)
-    fig.legend(loc="upper center", ncol=3, fontsize=8)
-    loss_axis.set_title(title, fontsize=9, pad=24)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, fontsize=8)
+    loss_axis.set_title(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room below for the legend
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -140,55 +147,71 @@ def main(argv=None):
     tier = TIERS[args.tier]
     out = (args.out or Path("outputs/bench_learning") / args.tier).resolve()
     episodes, steps = args.episodes or tier.episodes, args.steps or tier.steps
-    data, stats, vlm, run_dir, eval_dir = out / "data", out / "dataset_stats.yaml", out / "tiny_vlm", out / "train", out / "eval"
+    data, stats, vlm, run_dir = out / "data", out / "dataset_stats.yaml", out / "tiny_vlm", out / "train"
     timings = {}
-
     collect_flags = flags({**COLLECT, **tier.placement, **tier.collect})
-    run_phase("collect", [PYTHON, "-m", "sim.collect", "--episodes", episodes, "--out", data, "--seed", COLLECT_SEED,
-                          "--workers", args.workers, *collect_flags], timings)
     config = ROOT / "train_config_smolvla_demo.yaml"
     data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}"]
-    run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
-    run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm, "--preset", tier.vlm_preset], timings)
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
         f"--evaluation.freq={steps // 4}", *flags(BASE_TRAIN), *flags(tier.train), *user_overrides,
     ]
-    run_phase("train", [PYTHON, "train_smolvla_sim.py", "--config", config, *train_overrides], timings)
-    run_phase("evaluate", [PYTHON, "evaluate_smolvla_sim.py", "--policy", run_dir / "checkpoints" / "final_hf",
-                           "--episodes", args.eval_episodes, "--seed", args.eval_seed, "--output_dir", eval_dir,
-                           "--videos", 1, *flags({"width": COLLECT["width"], "height": COLLECT["height"]}),
-                           *flags(tier.placement)], timings)
+    final_hf = run_dir / "checkpoints" / "final_hf"
+    if args.eval_only:
+        if not final_hf.is_dir():
+            sys.exit(f"error: --eval_only: no trained policy at {final_hf}; run without --eval_only first")
+    else:
+        run_phase("collect", [PYTHON, "-m", "sim.collect", "--episodes", episodes, "--out", data, "--seed", COLLECT_SEED,
+                              "--workers", args.workers, *collect_flags], timings)
+        run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
+        run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm, "--preset", tier.vlm_preset], timings)
+        run_phase("train", [PYTHON, "train_smolvla_sim.py", "--config", config, *train_overrides], timings)
+
+    finals = {}
+    for k in args.n_action_steps or [None]:
+        name = "eval" + (f"_n{k}" if k else "") + (f"_te{args.temporal_ensemble_coeff:g}" if args.temporal_ensemble_coeff else "")
+        evaluator_flags = {"width": COLLECT["width"], "height": COLLECT["height"], **tier.placement}
+        if k:
+            evaluator_flags["n_action_steps"] = k
+        if args.temporal_ensemble_coeff:
+            evaluator_flags["temporal_ensemble_coeff"] = args.temporal_ensemble_coeff
+        run_phase(name, [PYTHON, "evaluate_smolvla_sim.py", "--policy", final_hf, "--episodes", args.eval_episodes,
+                         "--seed", args.eval_seed, "--output_dir", out / name, "--videos", 1, *flags(evaluator_flags)], timings)
+        report = json.loads((out / name / "report.json").read_text())
+        finals[name] = {"n_action_steps": report["settings"]["n_action_steps"],
+                        **{key: report["summary"][key] for key in ("episodes", "successes", "success_rate",
+                                                                   "success_rate_ci95", "unsafe", "tip_error_mm", "axis_error_deg")}}
 
     loss = read_series(run_dir / "metrics.csv", "train/loss")
-    report = json.loads((eval_dir / "report.json").read_text())
-    final = report["summary"]
     evaluations = training_evaluations(run_dir)
     summary = {
-        "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps,
+        "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps, "vlm_preset": tier.vlm_preset,
         "collect_flags": collect_flags, "train_overrides": train_overrides, "eval_seed": args.eval_seed,
         "phase_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
         "loss_start": loss[0][1], "loss_end": loss[-1][1],
         "evaluations_during_training": [{"step": s, "success_rate": r} for s, r in evaluations],
-        "final": {key: final[key] for key in ("episodes", "successes", "success_rate", "success_rate_ci95", "unsafe",
-                                              "tip_error_mm", "axis_error_deg")},
+        "final": finals,
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    title = (f"tier {args.tier}: {episodes} demonstrations, {steps} steps; final {final['successes']}/{final['episodes']} "
-             f"on seeds from {args.eval_seed}")
-    plot_learning_curve(loss, evaluations, (steps, final["success_rate"]), title, out / "learning_curve.png")
+    summary_name = "summary.json" if not args.eval_only else f"summary_{'_'.join(finals)}.json"
+    atomic_write_text(out / summary_name, json.dumps(summary, indent=2))
+    last_name, last = list(finals.items())[-1]
+    title = (f"tier {args.tier}: {episodes} demonstrations, {steps} steps; final {last['successes']}/{last['episodes']} "
+             f"on seeds from {args.eval_seed} ({last_name})")
+    plot_learning_curve(loss, evaluations, (steps, last["success_rate"]), title, out / "learning_curve.png")
 
     print("\n" + "=" * 100)
     print(f"Learning benchmark, tier {args.tier}: {episodes} demonstrations, {steps} steps, "
-          f"{final['episodes']} held-out closed-loop episodes")
+          f"{last['episodes']} held-out closed-loop episodes")
     print("  phases   " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
           + f"; total {summary['total_seconds'] / 60:.1f} min")
     print(f"  loss     {summary['loss_start']:.4f} at step {loss[0][0]} -> {summary['loss_end']:.4f} at step {loss[-1][0]}")
     print("  during   " + (", ".join(f"step {s}: {100 * r:.0f} %" for s, r in evaluations) or "no evaluation during training"))
-    print(f"  final    tip error mean {final['tip_error_mm']['mean']:.2f} mm, unsafe {final['unsafe']}/{final['episodes']}")
-    print(f"  written  {out / 'summary.json'}, {out / 'learning_curve.png'}")
-    print(next(line for line in reversed(report_lines(eval_dir)) if line.startswith("Success rate:")))
+    for name, final in finals.items():
+        print(f"  {name:12s} n_action_steps {final['n_action_steps']}: {final['successes']}/{final['episodes']}, tip error "
+              f"mean {final['tip_error_mm']['mean']:.2f} mm, unsafe {final['unsafe']}/{final['episodes']}")
+    print(f"  written  {out / summary_name}, {out / 'learning_curve.png'}")
+    print(next(line for line in reversed(report_lines(out / last_name)) if line.startswith("Success rate:")))
 
 
 def report_lines(eval_dir: Path) -> list[str]:
