@@ -26,7 +26,7 @@ import pytest
 import yaml
 from fixtures_policy import TASK, tiny_vlm_dir  # noqa: F401
 from mecademicpy.robot import Robot as MecademicRobot
-from train_runs import ROOT, env, make_run_dir, train
+from train_runs import ROOT, env, run_dir  # noqa: F401  (run_dir: a pytest fixture)
 
 import evaluate_smolvla_sim as ev
 import run_policy_robot as cli
@@ -54,14 +54,6 @@ WIDTH, HEIGHT = 64, 48  # the tiny policy's training episodes (episode_files)
 HZ = 5  # a period of 200 ms: room for this machine's software rendering of three cameras (~0.1 s each)
 WIDE_OPEN = ["--on_violation", "clip", "--max_joint_speed", "400", "--workspace", "-1", "1", "-1", "1", "-1", "1"]
 INFERENCE_LINE = "Inference latency: "
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
-    """A tiny SmolVLA trained for 8 steps on 64x48 episodes with the simulator's camera names: final_hf."""
-    tmp = tmp_path_factory.mktemp("run")
-    train(make_run_dir(tmp, tiny_vlm_dir, length=30))
-    return tmp
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import yaml
 from episode_files import write_episode
 from fixtures_policy import tiny_vlm_dir  # noqa: F401
 from needle_paths import PokeBesideTheTrocar
-from train_runs import ROOT, env, make_run_dir, train
+from train_runs import ROOT, env, make_run_dir, run_dir, train  # noqa: F401  (run_dir: a pytest fixture)
 
 import evaluate_smolvla_sim as ev
 from evaluation.drivers import ActionChunkSchedule, ExpertDriver
@@ -64,14 +64,6 @@ def read_report(output_dir):
     report = json.loads((output_dir / "report.json").read_text())
     with open(output_dir / "episodes.csv", newline="") as f:
         return report, list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
-    """A tiny SmolVLA trained for 8 steps on episodes with the simulator's camera names: checkpoints and final_hf."""
-    tmp = tmp_path_factory.mktemp("run")
-    train(make_run_dir(tmp, tiny_vlm_dir, length=30))
-    return tmp
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from episode_files import write_dataset
@@ -74,3 +75,12 @@ def assert_same_weights(a, b):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_vlm_dir):
+    """A tiny SmolVLA trained for 8 steps on 64x48 episodes with the simulator's camera names: OUT/checkpoints with
+    its checkpoints and final_hf. (Test modules import it with tiny_vlm_dir, the fixture it uses.)"""
+    tmp = tmp_path_factory.mktemp("run")
+    train(make_run_dir(tmp, tiny_vlm_dir, length=30))
+    return tmp
