@@ -12,7 +12,7 @@ import yaml
 from episode_files import CAMERAS, write_dataset
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
 from torch.utils.data import DataLoader
-from train_runs import assert_same_weights, make_run_dir, train
+from train_runs import assert_same_weights, make_run_dir, torchrun, train
 
 from episode_format.errors import EpisodeFormatError
 from episode_format.reader import EpisodeKeys
@@ -149,3 +149,34 @@ def test_decoding_on_the_device_replaces_the_same_samples(spoiled_run, tmp_path)
     where = [(r["step"], r["file"], r["camera"], r["frame"]) for r in bad_rows(tmp_path / "device")]
     assert where == [(r["step"], r["file"], r["camera"], r["frame"]) for r in bad_rows(out)]
     assert any("not a decodable JPEG on cpu" in r["problem"] for r in bad_rows(tmp_path / "device"))
+
+
+def test_two_processes_log_the_bad_frames_of_both(spoiled_run, tmp_path):
+    """torchrun, 2 CPU processes: rank 0's bad_samples.csv holds the frames every rank met, step by step."""
+    from test_ddp import free_port
+    from torch.utils.data import DistributedSampler
+
+    from episode_format.reader import discover_episodes
+    from insertion_vla.config import load_config
+    from insertion_vla.episodes import keys_from_config
+
+    config, _, _ = spoiled_run
+    cfg = load_config(config, ["--training.batch_size=2"])
+    out = tmp_path / "ddp"
+    torchrun(config, f"--output_dir={out}", "--training.batch_size=2", nproc=2, MASTER_PORT=free_port())
+
+    # what each rank's batches held: the loop's sampler order, the dataset's replacements
+    dataset = EpisodeDataset(discover_episodes(cfg["dataset"]["root_dir"]), keys_from_config(cfg["dataset"]),
+                             horizon=cfg["dataset"]["horizon"], image_size=cfg["policy"]["resize_imgs_with_padding"],
+                             seed=cfg["seed"], replace_bad_frames=True)
+    orders = [list(DistributedSampler(dataset, num_replicas=2, rank=r, shuffle=True, seed=cfg["seed"], drop_last=True))
+              for r in range(2)]
+    expected, met = [], set()
+    for step in range(1, 9):  # 8 steps of 2 samples per rank: within the first epoch (25 samples per rank)
+        for order in orders:
+            for index in order[2 * (step - 1):2 * step]:
+                for r in json.loads(dataset[index][BAD_FRAMES]):
+                    if (r["file"], r["camera"], r["frame"]) not in met:
+                        met.add((r["file"], r["camera"], r["frame"]))
+                        expected.append((str(step), r["file"], r["camera"], str(r["frame"])))
+    assert expected and [(r["step"], r["file"], r["camera"], r["frame"]) for r in bad_rows(out)] == expected
