@@ -67,10 +67,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     paths = discover_episodes(cfg["dataset"]["root_dir"])
     train_idx, val_idx = held_out_split(validation, paths, cfg["seed"], ckpt)
     train_set, val_set = episode_datasets(cfg, keys, paths, train_idx, val_idx)
-    train_files, validation_files = [str(paths[i]) for i in train_idx], [str(paths[i]) for i in val_idx]
-    window = training["loss_spike_window"]
-    state = (RunState.fresh(train_files, validation_files, window) if ckpt is None
-             else RunState.from_checkpoint(ckpt, train_files, validation_files, window, reset_scheduler=reset_scheduler))
+    state = run_state(ckpt, paths, train_idx, val_idx, training["loss_spike_window"], reset_scheduler)
     end_step = state.schedule_start + training["steps"]
 
     # ---- statistics and policy ----------------------------------------------------------------------------
@@ -166,6 +163,14 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
     del objective
     dist.teardown()
     return metrics
+
+
+def run_state(ckpt, paths, train_idx, val_idx, loss_window: int, reset_scheduler: bool) -> RunState:
+    """A fresh run's state, or the checkpoint's (which continues the data order only on the same files)."""
+    train_files, validation_files = [str(paths[i]) for i in train_idx], [str(paths[i]) for i in val_idx]
+    if ckpt is None:
+        return RunState.fresh(train_files, validation_files, loss_window)
+    return RunState.from_checkpoint(ckpt, train_files, validation_files, loss_window, reset_scheduler=reset_scheduler)
 
 
 def held_out_split(validation, paths, seed, ckpt) -> tuple[list[int], list[int]]:
