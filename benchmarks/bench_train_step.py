@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_train_step                                   # tiny VLM, CPU, 64x64
     .venv/bin/python -m benchmarks.bench_train_step --steps 20 --repeats 1            # quick
-    .venv/bin/python -m benchmarks.bench_train_step --compare --no_compile --steps 8 --warmup_steps 3 \\
+    .venv/bin/python -m benchmarks.bench_train_step --compare --steps 8 --warmup_steps 3 \\
         --repeats 1 --sweep 4 8 --batch_size 4 --episodes 2 --length 40              # the --compare table, CPU smoke test
     python -m benchmarks.bench_train_step --device cuda --preset smolvlm2-500m --image_size 512 --num_workers 4 --compare
                                                                                       # real size, on a GPU
