@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from collected_runs import fixed_tier_run, randomized_episode
+from collected_runs import overfit_run, randomized_episode
 from episode_files import write_episode
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
 from torch.utils.data import default_collate
@@ -158,29 +158,39 @@ def test_the_evaluator_driven_by_the_recorded_actions_reproduces_the_episode(rec
 
 
 def test_the_first_action_of_a_predicted_chunk_is_the_current_frames(tmp_path_factory, tiny_vlm_dir):  # noqa: F811
-    """A tiny policy fitted to the fixed-tier trajectory: its chunk's first action at frame t is nearer the recorded
-    action[t] than action[t + 3] and action[t - 3], at most frames where the arm moves."""
-    run = fixed_tier_run(tmp_path_factory, tiny_vlm_dir)
+    """A tiny policy fitted to one fixed-tier episode: its chunk's first action at frame t is nearer the recorded
+    action[t] than action[t + 3] and action[t - 3] at most frames where the arm moves (measured: 0.98, 0.91 and 0.92
+    of them, fitted to three different episodes). Negative control: the predictions of frame t + 3 (or t - 3) taken
+    as frame t's, as a chunk starting 3 frames off would give them (measured: 0.05 at most)."""
+    run = overfit_run(tmp_path_factory, tiny_vlm_dir)
     policy, preprocessor, postprocessor = restore_policy(load_checkpoint(run.checkpoint))
     config, dataset_cfg = policy.config, run.cfg["dataset"]
     side = config.resize_imgs_with_padding[0]
-    dataset = EpisodeDataset(run.train_files[:1], keys_from_config(dataset_cfg), horizon=config.chunk_size,
+    dataset = EpisodeDataset(run.train_files, keys_from_config(dataset_cfg), horizon=config.chunk_size,
                              image_size=(side, side), task_instruction=dataset_cfg["task_instruction"])
     batch = prepare_batch(default_collate([dataset[t] for t in range(len(dataset))]), preprocessor, "cpu")
     # Zero noise: the sampler's path from the prior's mean, so what is measured is what the policy learned, without
     # the scatter of one random draw on top.
     noise = torch.zeros(len(dataset), config.chunk_size, config.max_action_dim)
     first = predict_action_chunk(policy, batch, postprocessor, noise=noise)[:, 0].numpy()
-    action = Recording.read(run.train_files[0]).action
+    (path,) = run.train_files
+    action = Recording.read(path).action
 
-    t = np.arange(CHUNK_SHIFT, len(action) - CHUNK_SHIFT)
-    def distance(frames):
-        return np.abs(first[t] - action[t + frames]).sum(axis=1)
+    t = np.arange(2 * CHUNK_SHIFT, len(action) - 2 * CHUNK_SHIFT)
     moving = np.minimum(np.abs(action[t + CHUNK_SHIFT] - action[t]).sum(axis=1),
-                        np.abs(action[t - CHUNK_SHIFT] - action[t]).sum(axis=1)) > np.deg2rad(0.5)
-    nearer = (distance(0) < distance(CHUNK_SHIFT)) & (distance(0) < distance(-CHUNK_SHIFT))
+                        np.abs(action[t - CHUNK_SHIFT] - action[t]).sum(axis=1)) > np.deg2rad(1.0)
     assert moving.sum() > len(t) / 2
-    assert nearer[moving].mean() > 0.8, f"chunk[0] nearest action[t] at {nearer[moving].mean():.0%} of moving frames"
+
+    def share_nearest_action_t(predicted):
+        """The share of moving frames t whose prediction is nearer action[t] than action[t +- CHUNK_SHIFT]."""
+        def distance(frames):
+            return np.abs(predicted - action[t + frames]).sum(axis=1)
+        return np.mean(((distance(0) < distance(CHUNK_SHIFT)) & (distance(0) < distance(-CHUNK_SHIFT)))[moving])
+
+    aligned = share_nearest_action_t(first[t])
+    assert aligned > 0.75, f"chunk[0] is nearest action[t] at only {aligned:.0%} of the moving frames"
+    for frames in (CHUNK_SHIFT, -CHUNK_SHIFT):
+        assert share_nearest_action_t(first[t + frames]) < 0.25, frames
 
 
 CAMERA_COLOURS = {"side_camera": (200, 40, 40), "tool_camera": (40, 200, 40), "top_camera": (40, 40, 200)}
