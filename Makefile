@@ -1,5 +1,5 @@
 # make setup: .venv from requirements.txt (re-installs only when requirements.txt changed)
-# make test:  the test suite (installs first)
+# make test:  ruff, then the test suite (installs first)
 # make demo:  the whole chain on a small embedded dataset, on CPU (installs first)
 
 PYTHON ?= python3
@@ -21,6 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 MUJOCO_GL=egl WANDB_MODE=offline $(VENV)/bin/python -m pytest -q tests
 
 clean:
