@@ -49,7 +49,7 @@ class BadSampleLog:
             if _key(record) in self.met:
                 continue
             self.met[_key(record)] = record
-            self.monitor.print(f"⚠️  BAD FRAME at step {step}, sample replaced by another ({len(self.met)} bad frames; "
+            self.monitor.print(f"⚠️  BAD FRAME at step {step}, sample replaced by another ({_frames(len(self.met))}; "
                                f"the run stops past training.max_bad_samples={self.max_bad}): {record['file']}: "
                                f"{record['problem']}")
             self.monitor.log(step, {"train/bad_frames": len(self.met)})
@@ -59,8 +59,12 @@ class BadSampleLog:
         if len(self.met) > self.max_bad:
             files = Counter(r["file"] for r in self.met.values())
             raise UserError(
-                f"{len(self.met)} bad frames met by step {step}, more than training.max_bad_samples={self.max_bad}, in "
+                f"{_frames(len(self.met))} met by step {step}, more than training.max_bad_samples={self.max_bad}, in "
                 + ", ".join(f"{file} ({n})" for file, n in sorted(files.items()))
                 + f". {FILE_NAME} in output_dir lists each frame and its problem. Fix or remove those episodes "
                 "(compute_dataset_stats.py --skip_bad lists bad files), or raise training.max_bad_samples."
             )
+
+
+def _frames(n: int) -> str:
+    return f"{n} bad frame" + ("" if n == 1 else "s")
