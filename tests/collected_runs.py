@@ -65,13 +65,15 @@ def randomized_episode(tmp_path_factory) -> Path:
     return _once("randomized", lambda: collect(tmp_path_factory.mktemp("randomized") / "data", 1)[0])
 
 
-def fixed_tier_data(tmp_path_factory) -> Path:
-    """The folder of FIXED_TIER_EPISODES episodes with the phantom at its nominal place (domain randomization on)."""
+def fixed_tier_data(tmp_path_factory, episodes: int = FIXED_TIER_EPISODES) -> Path:
+    """The folder of fixed-tier episodes (the phantom at its nominal place, domain randomization on), holding the first
+    `episodes` of them at least: sim.collect extends it as needed, so one that needs fewer collects only those."""
+    folder = _once("fixed", lambda: tmp_path_factory.mktemp("fixed") / "data")
+
     def make():
-        out = tmp_path_factory.mktemp("fixed") / "data"
-        collect(out, FIXED_TIER_EPISODES, *FIXED_TIER, size=FIXED_TIER_SIZE)
-        return out
-    return _once("fixed", make)
+        collect(folder, episodes, *FIXED_TIER, size=FIXED_TIER_SIZE)
+        return folder
+    return _once(f"fixed {episodes}", make)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,6 @@ def overfit_run(tmp_path_factory, vlm_dir) -> TrainedRun:
     def make():
         tmp = tmp_path_factory.mktemp("overfit_run")
         (tmp / "data").mkdir()
-        shutil.copy(sorted(fixed_tier_data(tmp_path_factory).glob("*.h5"))[0], tmp / "data")
+        shutil.copy(sorted(fixed_tier_data(tmp_path_factory, episodes=1).glob("*.h5"))[0], tmp / "data")
         return _trained(tmp, vlm_dir, tmp / "data", OVERFIT_TRAINING)
     return _once("overfit", make)
