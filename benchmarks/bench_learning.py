@@ -5,7 +5,8 @@
 
 Every phase is the toolkit's own command line (sim.collect, compute_dataset_stats.py, insertion_vla.tiny_vlm,
 train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file only chooses settings.
-Tiers differ only in where the eye phantom stands (domain randomization is the collector's default, all on):
+Tiers differ in where the eye phantom stands (domain randomization is the collector's default, all on), and in
+the settings that TIERS below gives each (demonstrations, steps, the collector's hold and perturbation, the VLM):
   fixed   the phantom always at its nominal place;
   narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
   full    the collector's default placement.
@@ -170,11 +171,11 @@ def main(argv=None):
 
     finals = {}
     for k in args.n_action_steps or [None]:
-        name = "eval" + (f"_n{k}" if k else "") + (f"_te{args.temporal_ensemble_coeff:g}" if args.temporal_ensemble_coeff else "")
+        name = "eval" + (f"_n{k}" if k else "") + (f"_te{args.temporal_ensemble_coeff:g}" if args.temporal_ensemble_coeff is not None else "")
         evaluator_flags = {"width": COLLECT["width"], "height": COLLECT["height"], **tier.placement}
         if k:
             evaluator_flags["n_action_steps"] = k
-        if args.temporal_ensemble_coeff:
+        if args.temporal_ensemble_coeff is not None:
             evaluator_flags["temporal_ensemble_coeff"] = args.temporal_ensemble_coeff
         run_phase(name, [PYTHON, "evaluate_smolvla_sim.py", "--policy", final_hf, "--episodes", args.eval_episodes,
                          "--seed", args.eval_seed, "--output_dir", out / name, "--videos", 1, *flags(evaluator_flags)], timings)

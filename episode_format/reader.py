@@ -37,7 +37,7 @@ def discover_episodes(root, source: str = TRAINING_ROOT) -> list[Path]:
     if not root.is_dir():
         raise UserError(
             f"No HDF5 files found in {root}: the directory does not exist. Check {source}, or collect episodes "
-            f"with `python -m sim.collect --out {root}`."
+            f"with `python -m sim.collect --episodes 50 --out {root}`."
         )
     files = sorted(
         (p for p in root.rglob("*") if p.suffix in EPISODE_SUFFIXES and p.is_file()),

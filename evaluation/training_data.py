@@ -21,7 +21,7 @@ def training_data_facts(dataset_cfg: dict) -> dict | None:
     root = Path(dataset_cfg["root_dir"])
     if not root.is_dir():
         return None
-    paths = discover_episodes(root)
+    paths = discover_episodes(root, source="dataset.root_dir of the policy's training config (--config names another)")
     base_seeds, placements = set(), set()
     names = [f.name for f in dataclasses.fields(PhantomPlacement)]
     for path in paths:

@@ -15,7 +15,7 @@ and for validation / evaluation, in joint units: `predict_action_chunk(policy, b
 
 Speed without changing the model: `policy.attention: sdpa` computes lerobot's attention with torch's
 scaled_dot_product_attention (set_attention), and `training.compile` runs the loss through torch.compile
-(compile_training_loss).
+(make_training_loss, CompiledTrainingLoss).
 """
 
 import logging

@@ -395,7 +395,9 @@ def draw_validation_plots(policy, preprocessor, postprocessor, val_set, n, out_d
     for pos in range(min(n, len(val_set.paths))):
         true, pred = predict_episode(policy, preprocessor, postprocessor, val_set, pos, runtime.device, autocast)
         trajectories.append((f"episode {val_set.episode_indices[pos]}", true, pred))
+    plot_loss_curves(out_dir / "metrics.csv", plots / "loss.png")
+    if not trajectories:  # validation.plot_episodes: 0
+        return {}
     traj_png = plots / f"val_trajectories_step_{step}.png"
     plot_trajectories(trajectories, traj_png, f"Held-out episodes at step {step}: recorded vs. predicted")
-    plot_loss_curves(out_dir / "metrics.csv", plots / "loss.png")
     return {"val/trajectories": traj_png}

@@ -118,7 +118,7 @@ def _replace_misspelled(cmd, advice):
 
 
 def _run_advised_command_then_retry(cmd, advice):
-    collect = [*shlex.split(advice), "--episodes", "1", "--width", "64", "--height", "48"]
+    collect = [*shlex.split(advice), "--episodes", "1", "--width", "64", "--height", "48"]  # the advice, scaled down
     res = run([sys.executable, *collect[1:]] if collect[0] == "python" else collect)
     assert res.returncode == 0, res.stderr
     return cmd
@@ -132,7 +132,7 @@ ADVICE_CASES = {
     "misspelled-key": (_a_misspelled_key, "unknown config key", r"Did you mean '([a-z_.]+)'", _replace_misspelled),
     "training-on-an-empty-folder": (_training_on_an_empty_folder, "No HDF5 files found",
                                     r"(--dataset\.root_dir=DIR)", _point_at_the_data),
-    "not-collected-yet": (_a_folder_not_collected_yet, "No HDF5 files found", r"`(python -m sim\.collect --out \S+)`",
+    "not-collected-yet": (_a_folder_not_collected_yet, "No HDF5 files found", r"`(python -m sim\.collect --episodes \d+ --out \S+)`",
                      _run_advised_command_then_retry),
 }
 
