@@ -20,6 +20,7 @@ The conversions are tested against sim.kinematics; the connection and motion cod
 user (docs/deployment.md has the checklist): no test here talks to a controller.
 """
 
+import contextlib
 import time
 
 import numpy as np
@@ -124,7 +125,6 @@ class Meca500Robot:
             self._robot.WaitIdle(timeout=30)
             rt = self._robot.GetRobotRtData(synchronous_update=True)
             check_pose_feedback(joints_from_robot(rt.rt_joint_pos.data), pose_from_robot(rt.rt_cart_pos.data))
-            self._robot.ConnectionWatchdog(self.watchdog_s)
         except MecademicException as err:
             raise UserError(f"Meca500 at {self.address}: {type(err).__name__}: {err}. Check the address "
                             "(--robot.address), the network cable, that no other client holds the robot, and its "
@@ -141,6 +141,9 @@ class Meca500Robot:
             if safety.stop_mask:
                 raise RobotFault(f"robot safety stop (stop mask {safety.stop_mask:#x}): e-stop, p-stop or dropped link")
             rt = self._robot.GetRobotRtData()
+            # The watchdog pauses the arm if this loop stops ticking; armed at the first observation and refreshed
+            # at every one, so dry runs (which send nothing) and ticks waiting for a chunk keep it alive too.
+            self._robot.ConnectionWatchdog(self.watchdog_s)
         except MecademicException as err:
             raise RobotFault(f"{type(err).__name__}: {err}") from None
         now = time.monotonic()
@@ -161,7 +164,6 @@ class Meca500Robot:
 
     def send_joints(self, q: np.ndarray) -> None:
         try:
-            self._robot.ConnectionWatchdog(self.watchdog_s)
             self._robot.MoveJoints(*joints_to_robot(q))
         except MecademicException as err:
             raise RobotFault(f"MoveJoints refused: {type(err).__name__}: {err}") from None
@@ -180,6 +182,9 @@ class Meca500Robot:
         for capture in self._captures.values():
             capture.close()
         if self._robot is not None:
+            if self._robot.IsConnected():
+                with contextlib.suppress(MecademicException):
+                    self._robot.ConnectionWatchdog(0)  # a clean exit must not end in a dropped-connection safety stop
             self._robot.Disconnect()
 
     def facts(self) -> dict:

@@ -81,8 +81,9 @@ def operator_success(flag: str | None, stop: dict) -> str:
             return "yes" if answer.startswith("y") else "no"
 
 
-def episode_attrs(args, loop_settings: LoopSettings, stop: dict, success: str, robot) -> dict:
+def episode_attrs(args, loop_settings: LoopSettings, stop: dict, success: str, robot, task: str) -> dict:
     attrs = {
+        "task": task,  # the instruction the policy was given (the recorder's default is the simulator's)
         "policy": str(Path(args.policy).resolve()), "robot": robot.name, "fps": float(args.hz),
         "operator_success": success, "stop_kind": stop["kind"], "stop_reason": stop["reason"],
         "async_inference": loop_settings.async_inference, "n_action_steps": loop_settings.n_action_steps,
@@ -115,7 +116,7 @@ def run(args) -> int:
     limits = SafetyLimits(max_joint_step=np.radians(args.max_joint_speed) / args.hz, workspace=box,
                           on_violation=args.on_violation)
     output_dir, episode_path = output_paths(args)
-    recording = RolloutRecording(episode_path, robot.cameras) if episode_path else None
+    recording = RolloutRecording(episode_path, robot.cameras, args.jpeg_quality) if episode_path else None
     dry_log = DryRunLog() if args.dry_run else None
 
     print(f"Policy: {args.policy} (inputs from {loaded.config_source}; cameras {inputs.cameras}, state "
@@ -139,7 +140,7 @@ def run(args) -> int:
     if recording is not None:
         if len(recording):
             success = operator_success(args.success, stop)
-            recording.write(episode_attrs(args, settings, stop, success, robot))
+            recording.write(episode_attrs(args, settings, stop, success, robot, inputs.task))
             print(f"Episode: {recording.path} ({len(recording)} frames, success: {success})")
         else:
             print(f"Episode: none written ({recording.path} would have no frame: nothing was executed)")
