@@ -96,7 +96,7 @@ SCHEMA = {
         "load_vlm_weights": _field(False, help="load the VLM's pretrained weights (else random unless pretrained)"),
         "n_obs_steps": _field(1, at_least=1, help="observation frames per sample (SmolVLA uses 1)"),
         "chunk_size": _field(50, at_least=1, help="actions predicted at once; equals dataset.horizon"),
-        "n_action_steps": _field(50, at_least=1, help="actions of a chunk executed before predicting again"),
+        "n_action_steps": _field(10, at_least=1, help="actions of a chunk executed before predicting again"),
         "max_state_dim": _field(32, at_least=1, help="state zero-padded to this size inside SmolVLA"),
         "max_action_dim": _field(32, at_least=1, help="action zero-padded to this size inside SmolVLA"),
         "num_steps": _field(10, at_least=1, help="flow-matching denoising steps at inference"),
