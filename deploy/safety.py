@@ -86,12 +86,17 @@ def check_command(command: np.ndarray, previous: np.ndarray, limits: SafetyLimit
 
     tip = tip_pose(command)[:3, 3]
     box = limits.workspace
-    if np.any(tip < box[:, 0]) or np.any(tip > box[:, 1]):
+    if outside_workspace(tip, box):
         axis = int(np.argmax(np.maximum(box[:, 0] - tip, tip - box[:, 1])))
         detail = (f"the needle tip would be at {np.round(tip * 1000, 1).tolist()} mm, {'xyz'[axis]} outside the "
                   f"workspace [{box[axis, 0] * 1000:.0f}, {box[axis, 1] * 1000:.0f}] mm")
         command = _violated(limits, violations, "workspace", detail, np.array(previous, dtype=np.float64), "held")
     return command, violations
+
+
+def outside_workspace(tip: np.ndarray, box: np.ndarray) -> bool:
+    """The tip (3,) outside the box (3, 2 rows of min, max), m: the one workspace rule of commands and the start."""
+    return bool(np.any(tip < box[:, 0]) or np.any(tip > box[:, 1]))
 
 
 def _violated(limits: SafetyLimits, violations: list, kind: str, detail: str, corrected: np.ndarray,
@@ -118,7 +123,7 @@ def check_start(observation: dict, limits: SafetyLimits) -> None:
     """SafetyStop before the first command when the needle tip is outside the workspace (nothing could be held)."""
     tip = tip_pose(observation["qpos"])[:3, 3]
     box = limits.workspace
-    if np.any(tip < box[:, 0]) or np.any(tip > box[:, 1]):
+    if outside_workspace(tip, box):
         raise SafetyStop("workspace", f"at the start, the needle tip is at {np.round(tip * 1000, 1).tolist()} mm, "
                                       f"outside the workspace {np.round(box * 1000).astype(int).tolist()} mm (x, y, z "
                                       "ranges): move the arm into it, or set --workspace to your setup's box")
