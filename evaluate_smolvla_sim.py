@@ -44,9 +44,10 @@ from pathlib import Path
 
 import torch
 
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from evaluation.drivers import ExpertDriver, PolicyDriver
 from evaluation.offline import evaluate_recorded, recorded_episode_paths
-from evaluation.policy_io import COLLECTOR_JPEG_QUALITY, load_policy, policy_inputs
+from evaluation.policy_io import load_policy, policy_inputs
 from evaluation.report import summarize, summary_lines, write_report
 from evaluation.rollout import EVAL_BASE_SEED, evaluation_seeds, make_env, run_episodes
 from evaluation.training_data import DEFAULT_SIZE, check_seeds_disjoint, training_data_facts
@@ -82,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_episode_seconds", type=float, default=12.0,
                         help="simulated seconds before an episode times out (default: %(default)s, as the collector)")
     parser.add_argument("--videos", type=int, default=3, help="episodes recorded as MP4, the first ones (default: %(default)s)")
-    parser.add_argument("--jpeg_quality", type=int, default=COLLECTOR_JPEG_QUALITY,
+    parser.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY,
                         help="JPEG round trip of the policy's images at the training data's quality, as the collector "
                              "stores frames; 0: none (default: %(default)s)")
     parser.add_argument("--config", type=Path,

@@ -43,7 +43,7 @@ from deploy.safety import DEFAULT_MAX_JOINT_SPEED_DEG_S, DEFAULT_WORKSPACE
 from deploy.session import parse_cameras, run
 from deploy.sim_robot import physics_substeps
 from episode_format.errors import UserError, exit_on_user_error
-from evaluation.policy_io import COLLECTOR_JPEG_QUALITY
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from evaluation.rollout import EVAL_BASE_SEED
 from sim.randomization import add_randomization_args
 
@@ -104,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     record.add_argument("--output_dir", type=Path,
                         help="run.json and dry_run.csv (default: DIR/runs/episode_NNNNNN/ with --record, else "
                              "outputs/deploy/run_<time>/)")
-    record.add_argument("--jpeg_quality", type=int, default=COLLECTOR_JPEG_QUALITY,
+    record.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY,
                         help="JPEG quality of the recorded frames, and of the policy's round trip as the collector "
                              "stores frames (default: %(default)s)")
 

@@ -32,7 +32,7 @@ from deploy.async_inference import BackgroundPredictor
 from deploy.robot import Robot, RobotFault
 from deploy.safety import SafetyLimits, SafetyStop, check_command, check_observation, check_start
 from deploy.stop_request import StopRequest
-from evaluation.drivers import ActionChunkSchedule
+from evaluation.drivers import ActionChunkSchedule, check_n_action_steps
 
 MAX_LOGGED_VIOLATIONS = 50  # violation events kept in the report (all are counted)
 
@@ -71,8 +71,7 @@ class ControlLoop:
 
     def __init__(self, robot: Robot, predict: Callable[[dict], np.ndarray], chunk_size: int, settings: LoopSettings,
                  limits: SafetyLimits, stop_request: StopRequest, sinks: tuple = ()):
-        if not 1 <= settings.n_action_steps <= chunk_size:
-            raise ValueError(f"n_action_steps must be in [1, {chunk_size}], got {settings.n_action_steps}")
+        check_n_action_steps(settings.n_action_steps, chunk_size)
         self.robot, self.predict, self.chunk_size = robot, predict, chunk_size
         self.settings, self.limits, self.stop_request, self.sinks = settings, limits, stop_request, sinks
         self.period = 1.0 / settings.hz

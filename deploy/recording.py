@@ -12,7 +12,7 @@ import numpy as np
 
 from episode_format import EPISODE_SUFFIXES
 from episode_format.atomic import atomic_write_text
-from evaluation.policy_io import COLLECTOR_JPEG_QUALITY
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from sim.recorder import EpisodeRecorder
 
 EPISODE_NAME = re.compile(r"^episode_(\d+)$")
@@ -28,7 +28,7 @@ def next_episode_path(directory: Path) -> Path:
 class RolloutRecording:
     """Frame t: the observation of tick t and the command executed at tick t (the `action` training reads)."""
 
-    def __init__(self, path: Path, cameras: tuple, jpeg_quality: int = COLLECTOR_JPEG_QUALITY):
+    def __init__(self, path: Path, cameras: tuple, jpeg_quality: int = DEFAULT_JPEG_QUALITY):
         self.path = Path(path)
         self._recorder = EpisodeRecorder(cameras, jpeg_quality)
 

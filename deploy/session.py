@@ -20,8 +20,7 @@ from deploy.report import summarize, summary_lines, write_run_report
 from deploy.safety import SafetyLimits, check_layout
 from deploy.sim_robot import SimRobot
 from deploy.stop_request import StopOnSignals, StopRequest
-from episode_format.errors import UserError
-from evaluation.drivers import PolicyDriver
+from evaluation.drivers import PolicyDriver, check_n_action_steps
 from evaluation.policy_io import load_policy
 from evaluation.training_data import DEFAULT_SIZE, training_data_facts
 from sim.randomization import randomization_from_args
@@ -109,9 +108,7 @@ def run(args) -> int:
     settings = LoopSettings(hz=args.hz, n_action_steps=args.n_action_steps or default_steps,
                             async_inference=args.async_inference, max_seconds=args.max_seconds,
                             dry_run=args.dry_run, temporal_ensemble_coeff=args.temporal_ensemble_coeff)
-    if not 1 <= settings.n_action_steps <= chunk_size:
-        raise UserError(f"--n_action_steps must be in [1, {chunk_size}] (the policy's chunk_size), got "
-                        f"{settings.n_action_steps}")
+    check_n_action_steps(settings.n_action_steps, chunk_size)
     box = np.asarray(args.workspace, dtype=np.float64).reshape(3, 2)
     limits = SafetyLimits(max_joint_step=np.radians(args.max_joint_speed) / args.hz, workspace=box,
                           on_violation=args.on_violation)

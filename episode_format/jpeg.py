@@ -3,6 +3,9 @@
 import cv2
 import numpy as np
 
+# The collector's --jpeg_quality; the evaluator and the robot's recorder encode frames as it does by default.
+DEFAULT_JPEG_QUALITY = 95
+
 
 def encode_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> JPEG bytes as a 1-D uint8 array."""

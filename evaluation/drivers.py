@@ -18,6 +18,12 @@ from insertion_vla.policy import predict_action_chunk, prepare_batch
 from sim.expert import ScriptedExpert
 
 
+def check_n_action_steps(n_action_steps: int, chunk_size: int) -> None:
+    """Refuse a number of actions per prediction that no chunk of chunk_size has (the --n_action_steps flags)."""
+    if not 1 <= n_action_steps <= chunk_size:
+        raise UserError(f"--n_action_steps must be in [1, {chunk_size}] (the policy's chunk_size), got {n_action_steps}")
+
+
 class ActionChunkSchedule:
     """One action per step from action chunks (chunk_size steps each) predicted every `every` steps.
 
@@ -31,8 +37,7 @@ class ActionChunkSchedule:
     """
 
     def __init__(self, chunk_size: int, every: int, ensemble_coeff: float | None = None):
-        if not 1 <= every <= chunk_size:
-            raise UserError(f"--n_action_steps must be in [1, {chunk_size}] (the policy's chunk_size), got {every}")
+        check_n_action_steps(every, chunk_size)
         if ensemble_coeff is not None and not np.isfinite(ensemble_coeff):
             raise UserError(f"--temporal_ensemble_coeff must be a finite number, got {ensemble_coeff}")
         self.chunk_size, self.every, self.ensemble_coeff = chunk_size, every, ensemble_coeff

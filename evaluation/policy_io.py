@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from episode_format.jpeg import decode_jpeg, encode_jpeg
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults, load_config
 from insertion_vla.dataset import resize_with_pad
@@ -21,7 +21,6 @@ from insertion_vla.errors import UserError
 from sim.recorder import TASK_INSTRUCTION
 from sim.scene import CAMERA_NAMES
 
-COLLECTOR_JPEG_QUALITY = 95  # the collector's default --jpeg_quality
 SIM_STATE = {"observations/ee_pose": "ee_pose", "observations/qpos": "qpos"}  # HDF5 path -> env observation key
 
 
@@ -92,7 +91,7 @@ def training_config_of_export(export_dir: Path) -> tuple[dict, str]:
     return defaults(), "defaults"
 
 
-def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = COLLECTOR_JPEG_QUALITY,
+def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                   available_cameras: tuple = CAMERA_NAMES) -> PolicyInputs:
     """The policy's inputs in simulator terms, checked against what the simulator provides. available_cameras: a
     robot's camera names instead of the simulator's (deploy/ checks them first, with advice for the robot)."""

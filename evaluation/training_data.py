@@ -3,7 +3,6 @@ not replay them), their image size (evaluation renders the same) and the phantom
 collected with (evaluation during training draws from the same)."""
 
 import contextlib
-import dataclasses
 from pathlib import Path
 
 import h5py
@@ -11,7 +10,7 @@ import h5py
 from episode_format.reader import discover_episodes, open_episode
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
-from sim.randomization import PHANTOM_FLAG_PREFIX, PhantomPlacement
+from sim.randomization import PhantomPlacement
 
 DEFAULT_SIZE = (640, 480)  # the collector's default image size
 
@@ -23,19 +22,17 @@ def training_data_facts(dataset_cfg: dict) -> dict | None:
         return None
     paths = discover_episodes(root, source="dataset.root_dir of the policy's training config (--config names another)")
     base_seeds, placements = set(), set()
-    names = [f.name for f in dataclasses.fields(PhantomPlacement)]
     for path in paths:
         with contextlib.suppress(OSError), h5py.File(path, "r") as f:  # a damaged file is training's to report
             if "base_seed" in f.attrs:
                 base_seeds.add(int(f.attrs["base_seed"]))
-            if all(PHANTOM_FLAG_PREFIX + name in f.attrs for name in names):
-                placements.add(tuple(float(f.attrs[PHANTOM_FLAG_PREFIX + name]) for name in names))
+            placements.add(PhantomPlacement.from_attrs(f.attrs))
     keys = keys_from_config(dataset_cfg)
     camera = next(iter(keys.cameras))
     with open_episode(paths[0], keys) as episode:
         height, width = episode.read_image(camera, 0).shape[:2]
     # one placement range shared by every file; otherwise (mixed, or files from before it was recorded) the default
-    placement = PhantomPlacement(**dict(zip(names, placements.pop()))) if len(placements) == 1 else PhantomPlacement()
+    placement = placements.pop() if len(placements) == 1 and None not in placements else PhantomPlacement()
     return {"root": str(root), "episodes": len(paths), "base_seeds": sorted(base_seeds), "image_size": (width, height),
             "phantom": placement}
 

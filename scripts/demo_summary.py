@@ -43,7 +43,10 @@ def main():
     closed = closed_report["summary"]
     lo, hi = closed["success_rate_ci95"]
     # the demo runs the learning benchmark's fixed tier: the phantom at its nominal place
-    tier = "fixed tier" if not any(closed_report["settings"]["phantom"].values()) else "phantom placement randomized"
+    settings = closed_report["settings"]
+    tier = "fixed tier" if not any(settings["phantom"].values()) else "phantom placement randomized"
+    if settings["temporal_ensemble_coeff"] is not None:
+        tier += f", chunks ensembled (M = {settings['temporal_ensemble_coeff']:g})"
 
     print("=" * 100)
     print("Demo summary" + (f" ({args.seconds // 60} min {args.seconds % 60} s)" if args.seconds else ""))

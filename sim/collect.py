@@ -16,7 +16,6 @@ Two options make demonstrations a policy learns more from (the env's success rul
 """
 
 import argparse
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -29,10 +28,10 @@ from tqdm import tqdm
 
 from episode_format.atomic import remove_stale_temporaries
 from episode_format.errors import exit_on_user_error
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.expert import ScriptedExpert
 from sim.randomization import (
-    PHANTOM_FLAG_PREFIX,
     DomainRandomization,
     PhantomPlacement,
     add_randomization_args,
@@ -52,7 +51,7 @@ class CollectionSettings:
     base_seed: int = 0
     width: int = 640
     height: int = 480
-    jpeg_quality: int = 95
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     phantom: PhantomPlacement = PhantomPlacement()
     dr: DomainRandomization | None = DomainRandomization()
     max_attempts: int = 10
@@ -157,7 +156,7 @@ def collection_attrs(settings: CollectionSettings) -> dict:
     """What an episode file says about how the whole collection was made (a re-run must match it)."""
     return {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height,
             "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std,
-            **{f"{PHANTOM_FLAG_PREFIX}{name}": value for name, value in dataclasses.asdict(settings.phantom).items()}}
+            **settings.phantom.to_attrs()}
 
 
 def check_existing(path: Path, settings: CollectionSettings) -> None:
@@ -237,7 +236,7 @@ def parse_args(
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--width", type=_pixels, default=640, help="image width, pixels")
     parser.add_argument("--height", type=_pixels, default=480, help="image height, pixels")
-    parser.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of the stored frames (1-100)")
+    parser.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY, help="JPEG quality of the stored frames (1-100)")
     parser.add_argument("--max_attempts", type=int, default=10, help="attempts per episode before giving up on it")
     parser.add_argument(
         "--max_episode_seconds", type=float, default=12.0, help="simulated seconds before an attempt times out"

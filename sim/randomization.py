@@ -20,6 +20,9 @@ from sim.scene import CAMERA_NAMES, JOINT_NAMES, MATERIALS, PHANTOM_BODY, TEXTUR
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
+PHANTOM_FLAG_PREFIX = "phantom_"  # of the flags and of the episode files' attributes
+
+
 @dataclass(frozen=True)
 class PhantomPlacement:
     """Where the eye phantom stands, relative to its nominal place (world frame, m / deg)."""
@@ -35,6 +38,18 @@ class PhantomPlacement:
                 f"phantom placement needs x_range >= 0, yaw_range_deg >= 0 and y_min <= y_max, got {self}; "
                 "fix the --phantom_* flags"
             )
+
+    def to_attrs(self) -> dict:
+        """As an episode file's attributes (phantom_x_range, ...): the range its collection drew from."""
+        return {PHANTOM_FLAG_PREFIX + name: value for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_attrs(cls, attrs) -> "PhantomPlacement | None":
+        """The range an episode file was collected with; None for files from before it was recorded."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not all(PHANTOM_FLAG_PREFIX + name in attrs for name in names):
+            return None
+        return cls(**{name: float(attrs[PHANTOM_FLAG_PREFIX + name]) for name in names})
 
 
 @dataclass(frozen=True)
@@ -71,9 +86,6 @@ class DomainRandomization:
     def off(cls) -> "DomainRandomization":
         """All ranges zero: the nominal scene, no noise."""
         return cls(**{f.name: 0.0 for f in dataclasses.fields(cls) if f.name != "backgrounds"})
-
-
-PHANTOM_FLAG_PREFIX = "phantom_"
 
 
 def add_randomization_args(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from episode_format.jpeg import encode_jpeg
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY, encode_jpeg
 from episode_format.writer import write_episode
 
 TASK_INSTRUCTION = "Insert needle into eye trocar in simulation"
@@ -23,7 +23,7 @@ EE_POSE_CONVENTION = (
 class EpisodeRecorder:
     """Collects frames in memory (images JPEG-encoded as they arrive) and writes them in one go."""
 
-    def __init__(self, camera_names: tuple[str, ...], jpeg_quality: int = 95):
+    def __init__(self, camera_names: tuple[str, ...], jpeg_quality: int = DEFAULT_JPEG_QUALITY):
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"JPEG quality must be in [1, 100], got {jpeg_quality}")
         self.camera_names = camera_names

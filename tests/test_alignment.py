@@ -6,7 +6,6 @@ Every convention has a negative control: the same check on data shifted by a fra
 mapping) fails, so a passing check means the convention holds, not that the check cannot see a violation.
 """
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.policy import predict_action_chunk, prepare_batch
 from sim.env import NeedleInsertionEnv
-from sim.randomization import PHANTOM_FLAG_PREFIX, DomainRandomization, PhantomPlacement
+from sim.randomization import DomainRandomization, PhantomPlacement
 
 CHUNK_SHIFT = 3  # frames: a predicted chunk's first action must be nearer the current frame's action than this off
 
@@ -58,8 +57,7 @@ def collection_env(recording):
     """The env the episode was collected in: its placement range, the collector's domain randomization, no images
     (the physics and the joint noise do not depend on rendering)."""
     attrs = recording.attrs
-    phantom = PhantomPlacement(**{f.name: float(attrs[PHANTOM_FLAG_PREFIX + f.name])
-                                  for f in dataclasses.fields(PhantomPlacement)})
+    phantom = PhantomPlacement.from_attrs(attrs)
     env = NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
                              dr=DomainRandomization() if attrs["dr_enabled"] else None, phantom=phantom,
                              render_images=False)

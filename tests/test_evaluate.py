@@ -27,9 +27,10 @@ from needle_paths import PokeBesideTheTrocar
 from train_runs import ROOT, env, make_run_dir, run_dir, train  # noqa: F401  (run_dir: a pytest fixture)
 
 import evaluate_smolvla_sim as ev
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from evaluation.drivers import ActionChunkSchedule, ExpertDriver
 from evaluation.offline import recorded_episode_paths
-from evaluation.policy_io import COLLECTOR_JPEG_QUALITY, load_policy, observation_batch, policy_inputs
+from evaluation.policy_io import load_policy, observation_batch, policy_inputs
 from evaluation.report import Z_95, summarize, summary_lines, wilson_interval, write_report
 from evaluation.rollout import EVAL_BASE_SEED, evaluation_seeds, make_env, run_episode, run_episodes
 from evaluation.training_data import check_seeds_disjoint, training_data_facts
@@ -203,7 +204,7 @@ def test_temporal_ensembling_closed_loop_with_the_tiny_policy(run_dir, tmp_path,
 def test_policy_sees_what_training_reads_from_a_recorded_episode(sim_env, exported, tmp_path):
     """The evaluator's input for an observation == the dataset's sample of the same frame recorded by sim/."""
     observation, _ = sim_env.reset(seed=7)
-    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=COLLECTOR_JPEG_QUALITY)
+    recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=DEFAULT_JPEG_QUALITY)
     recorder.add(observation, np.zeros(6, np.float32), timestamp=0.0)
     recorder.write(tmp_path / "episode.h5", {})
     dataset_cfg = exported.train_cfg["dataset"]
