@@ -91,19 +91,21 @@ def training_config_of_export(export_dir: Path) -> tuple[dict, str]:
     return defaults(), "defaults"
 
 
+SIM_CAMERA_ADVICE = ("pass --config with a config whose dataset.cameras maps simulator cameras to the policy's keys "
+                     "(e.g. side_camera: camera1)")
+
+
 def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-                  available_cameras: tuple = CAMERA_NAMES) -> PolicyInputs:
-    """The policy's inputs in simulator terms, checked against what the simulator provides. available_cameras: a
-    robot's camera names instead of the simulator's (deploy/ checks them first, with advice for the robot)."""
+                  available_cameras: tuple = CAMERA_NAMES, source: str = "the simulator",
+                  camera_advice: str = SIM_CAMERA_ADVICE) -> PolicyInputs:
+    """The policy's inputs in simulator terms, checked against what `source` (the simulator, or a robot with its
+    `available_cameras` and the advice for it) provides."""
     keys = keys_from_config(dataset_cfg)
     cameras = {camera: f"observation.images.{name}" for camera, name in keys.cameras.items()}
-    unknown = sorted(set(cameras) - set(available_cameras))
-    if unknown:
-        raise UserError(
-            f"the policy was trained on cameras {sorted(cameras)} (dataset.cameras of its training config), but the "
-            f"simulator has {list(CAMERA_NAMES)}: {unknown} do not exist there. Pass --config with a config whose "
-            "dataset.cameras maps simulator cameras to the policy's keys (e.g. side_camera: camera1)."
-        )
+    missing = sorted(set(cameras) - set(available_cameras))
+    if missing:
+        raise UserError(f"the policy sees cameras {sorted(cameras)} (dataset.cameras of its training config), but "
+                        f"{source} has {list(available_cameras)}: {missing} missing. To fix: {camera_advice}.")
     expected = sorted(policy.config.image_features)
     if sorted(cameras.values()) != expected:
         raise UserError(

@@ -323,7 +323,7 @@ def test_clear_errors(exported, tmp_path, capsys):
     assert stderr.startswith("error: --policy") and "not found" in stderr
 
     real_cameras = {**defaults()["dataset"], "cameras": {"zed_left": "camera1", "oak_wrist": "camera2", "zed_top": "camera3"}}
-    with pytest.raises(UserError, match=r"\['oak_wrist', 'zed_left', 'zed_top'\] do not exist there"):
+    with pytest.raises(UserError, match=r"\['oak_wrist', 'zed_left', 'zed_top'\] missing"):
         policy_inputs(exported.policy, real_cameras)
     two_cameras = {**defaults()["dataset"], "cameras": {"side_camera": "camera1", "top_camera": "camera3"}}
     with pytest.raises(UserError, match="image inputs are"):
