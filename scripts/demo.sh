@@ -41,9 +41,10 @@ $PY evaluate_smolvla_sim.py --policy "$OUT/finetune/checkpoints/final_hf" \
     --episodes_from "$OUT/train/validation_episodes.txt" --output_dir "$OUT/offline_eval"
 
 step 7 "Closed-loop evaluation in the simulator (5 episodes, the fixed tier's placement, held-out seeds, chunks ensembled)"
-# ACT's temporal ensembling, a prediction every step: on the fixed tier it turned 16/20 (4 crossings of the eye
-# wall beside the cannula) into 20/20 for the same policy (benchmarks/README.md, "Does it learn?")
-$PY evaluate_smolvla_sim.py --policy "$OUT/finetune/checkpoints/final_hf" --episodes 5 --temporal_ensemble_coeff 0.01 \
+# ACT's temporal ensembling of the chunks predicted every 10 steps: on the fixed tier it turned 16/20 (4 crossings
+# of the eye wall beside the cannula) into 20/20 for the same policy (benchmarks/README.md, "Does it learn?")
+$PY evaluate_smolvla_sim.py --policy "$OUT/finetune/checkpoints/final_hf" --episodes 5 \
+    --temporal_ensemble_coeff 0.01 --n_action_steps 10 \
     --width 128 --height 96 --videos 1 --output_dir "$OUT/closed_loop" $FIXED
 
 echo
