@@ -9,8 +9,8 @@
 Each episode resets sim/'s NeedleInsertionEnv with its own seed and lets the policy act: a chunk of actions is
 predicted from the current observation and its first K (--n_action_steps) are executed before the next
 prediction (receding horizon), until success (tip within 1 mm and axis within 2 deg, held 1 s) or the timeout.
-With --temporal_ensemble_coeff M (ACT's temporal ensembling) a chunk is predicted every K steps all the same (K
-defaults to 1 then: every step), and each step executes the weighted average of the actions that all chunks
+With --temporal_ensemble_coeff M (ACT's temporal ensembling) a chunk is predicted every K steps all the same (ACT
+predicts every step: --n_action_steps 1), and each step executes the weighted average of the actions that all chunks
 predicted so far give for that step, weight exp(-M * i) for the i-th oldest of them (i = 0 the oldest).
 
 Safety is part of success: the env measures, every step, whether the needle (the segment from its base to its
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="report.json, episodes.csv, videos/ (default: outputs/eval/<run>_<policy name>)")
     parser.add_argument("--n_action_steps", type=int,
                         help="steps between two predictions: the actions of each chunk executed before the next one "
-                             "is predicted (default: the policy's n_action_steps; 1 with --temporal_ensemble_coeff)")
+                             "is predicted (default: the policy's n_action_steps)")
     parser.add_argument("--temporal_ensemble_coeff", type=float, metavar="M",
                         help="temporal ensembling of overlapping chunks (ACT): a chunk every --n_action_steps steps, "
                              "each step's action the average of all chunks' predictions for it, weighted exp(-M * i), "

@@ -85,15 +85,15 @@ class ActionChunkSchedule:
 class PolicyDriver:
     """Predict a chunk from the observation every `n_action_steps` steps; execute the first n_action_steps of each
     (receding horizon) or, with `temporal_ensemble_coeff`, the temporal ensemble of all chunks (ActionChunkSchedule).
-    n_action_steps defaults to the policy's own, or to 1 (a chunk every step, as ACT) when ensembling."""
+    n_action_steps defaults to the policy's own, ensembling or not (ACT predicts every step; on the fixed tier every
+    10 steps did as well at a tenth of the queries, benchmarks/README.md)."""
 
     uses_images = True
 
     def __init__(self, policy, preprocessor, postprocessor, inputs: PolicyInputs, n_action_steps: int | None = None,
                  temporal_ensemble_coeff: float | None = None):
         self.policy, self.preprocessor, self.postprocessor, self.inputs = policy, preprocessor, postprocessor, inputs
-        default_steps = policy.config.n_action_steps if temporal_ensemble_coeff is None else 1
-        self.n_action_steps = n_action_steps or default_steps
+        self.n_action_steps = n_action_steps or policy.config.n_action_steps
         self.temporal_ensemble_coeff = temporal_ensemble_coeff
         self.schedule = ActionChunkSchedule(policy.config.chunk_size, self.n_action_steps, temporal_ensemble_coeff)
         self.device = next(policy.parameters()).device

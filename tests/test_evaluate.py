@@ -179,14 +179,20 @@ def test_receding_horizon_executes_the_first_actions_of_the_newest_chunk():
 
 
 def test_temporal_ensembling_closed_loop_with_the_tiny_policy(run_dir, tmp_path, capsys):
-    """End to end: a chunk every step by default; with --n_action_steps 5 every 5 steps, and the executed actions
-    (so the episode) differ from plain receding horizon with the same chunks' schedule."""
+    """End to end: a chunk every policy.n_action_steps steps by default, every step with --n_action_steps 1; with 5
+    every 5 steps, and the executed actions (so the episode) differ from plain receding horizon with the same
+    chunks' schedule."""
     policy = run_dir / "out" / "checkpoints" / "final_hf"
     common = ("--policy", policy, "--episodes", 1, "--videos", 0, "--max_episode_seconds", 1, "--device", "cpu")
-    stdout = evaluate_in_process(capsys, *common, "--temporal_ensemble_coeff", 0.01, "--output_dir", tmp_path / "every")
+    own_steps = json.loads((policy / "config.json").read_text())["n_action_steps"]
+    evaluate_in_process(capsys, *common, "--temporal_ensemble_coeff", 0.01, "--output_dir", tmp_path / "default")
+    default, _ = read_report(tmp_path / "default")
+    assert default["settings"]["temporal_ensemble_coeff"] == 0.01 and default["settings"]["n_action_steps"] == own_steps
+    assert default["episodes"][0]["policy_queries"] == math.ceil(15 / own_steps)
+    stdout = evaluate_in_process(capsys, *common, "--temporal_ensemble_coeff", 0.01, "--n_action_steps", 1,
+                                 "--output_dir", tmp_path / "every")
     assert "a prediction every 1 steps, ensembled (M = 0.01)" in stdout
     every_step, _ = read_report(tmp_path / "every")
-    assert every_step["settings"]["temporal_ensemble_coeff"] == 0.01 and every_step["settings"]["n_action_steps"] == 1
     assert every_step["episodes"][0]["steps"] == 15 and every_step["episodes"][0]["policy_queries"] == 15
 
     reports = {}
