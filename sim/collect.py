@@ -13,6 +13,11 @@ Two options make demonstrations a policy learns more from (the env's success rul
                      arm on the way in (not in the final hold), while the recorded `action` is the expert's clean
                      command solved from the joints actually commanded, i.e. the correction back onto its path; the
                      sent command is kept as `executed_action`.
+  --start_joint_range_deg R
+                     start each episode with every joint uniformly within +/-R deg of the home pose (from the
+                     episode's seed). From the home pose alone, the joints an expert passes through tell where the
+                     phantom stands, and a policy learns that instead of looking (it then fails in closed loop, where
+                     the joints are its own); varied starts make the images the only way to know.
 """
 
 import argparse
@@ -58,6 +63,7 @@ class CollectionSettings:
     max_episode_seconds: float = 12.0
     hold_seconds: float = 0.0
     perturb_std: float = 0.0
+    start_joint_range_deg: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ def _worker_env(settings: CollectionSettings) -> tuple[NeedleInsertionEnv, Scrip
             dr=settings.dr,
             phantom=settings.phantom,
             max_episode_seconds=settings.max_episode_seconds,
+            start_joint_range_deg=settings.start_joint_range_deg,
         )
         _worker = (settings, env, ScriptedExpert())
     return _worker[1], _worker[2]
@@ -156,12 +163,13 @@ def collection_attrs(settings: CollectionSettings) -> dict:
     """What an episode file says about how the whole collection was made (a re-run must match it)."""
     return {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height,
             "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std,
-            **settings.phantom.to_attrs()}
+            "start_joint_range_deg": settings.start_joint_range_deg, **settings.phantom.to_attrs()}
 
 
 def check_existing(path: Path, settings: CollectionSettings) -> None:
     """An episode already in DIR must come from the same collection settings, or the dataset would mix them. Files
-    from before hold, perturbation and placement were recorded count as 0 s, 0 rad and the default placement."""
+    from before hold, perturbation, start range and placement were recorded count as 0 s, 0 rad, 0 deg and the
+    default placement."""
     defaults = collection_attrs(CollectionSettings(out_dir=path.parent))
     expected = collection_attrs(settings)
     try:
@@ -175,7 +183,7 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
         raise SystemExit(
             f"error: {path} was collected with {differ}, but this run asks for "
             f"{ {key: expected[key] for key in differ} }. Use another --out directory, or the same --seed, --width, "
-            "--height, --hold_seconds, --perturb_std and --phantom_* flags to extend this one."
+            "--height, --hold_seconds, --perturb_std, --start_joint_range_deg and --phantom_* flags to extend this one."
         )
 
 
@@ -246,6 +254,9 @@ def parse_args(
     parser.add_argument("--perturb_std", type=float, default=0.0,
                         help="std (rad per joint) of the noise added to the sent command on the way in; the recorded "
                              "action is the expert's correction (DART-style recovery demonstrations, see above)")
+    parser.add_argument("--start_joint_range_deg", type=float, default=0.0,
+                        help="start every joint uniformly within +/- this many deg of the home pose (0: always "
+                             "home; see above)")
     add_randomization_args(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -258,8 +269,9 @@ def parse_args(
         parser.error(f"--jpeg_quality must be in [1, 100], got {args.jpeg_quality}")
     if args.width < 1 or args.height < 1:
         parser.error(f"--width and --height must be positive, got {args.width}x{args.height}")
-    if args.hold_seconds < 0 or args.perturb_std < 0:
-        parser.error(f"--hold_seconds and --perturb_std must be >= 0, got {args.hold_seconds} and {args.perturb_std}")
+    if min(args.hold_seconds, args.perturb_std, args.start_joint_range_deg) < 0:
+        parser.error(f"--hold_seconds, --perturb_std and --start_joint_range_deg must be >= 0, got "
+                     f"{args.hold_seconds}, {args.perturb_std} and {args.start_joint_range_deg}")
     try:
         phantom, dr = randomization_from_args(args)
         if dr is not None and dr.backgrounds:
@@ -283,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         max_episode_seconds=args.max_episode_seconds,
         hold_seconds=args.hold_seconds,
         perturb_std=args.perturb_std,
+        start_joint_range_deg=args.start_joint_range_deg,
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,9 @@ Observation (exactly what the recorder stores, before JPEG):
            placement ranges rx stays within about [-150, -134] deg, ry within +/-17 deg, rz within +/-76 deg:
            no angle comes near the +/-180 deg wrap.
            Computed from the true (noise-free) state.
+Start: the arm at its home pose (HOME_QPOS_DEG), or, with `start_joint_range_deg` R > 0, each joint uniformly within
++/-R deg of it, drawn from the episode's seed (demonstrations from varied starts: a policy cannot read the target
+off the joints it passes through, sim.collect --start_joint_range_deg).
 The action is the commanded joint positions (rad), clipped to the joint limits and held by position servos
 for the frame (40 physics steps of 1/600 s).
 
@@ -69,9 +72,12 @@ class NeedleInsertionEnv(gymnasium.Env):
         max_episode_seconds: float = 12.0,
         hold_seconds: float = 1.0,
         render_images: bool = True,
+        start_joint_range_deg: float = 0.0,
     ):
         if width < 1 or height < 1:
             raise ValueError(f"image size must be positive, got width={width} height={height}")
+        if start_joint_range_deg < 0:
+            raise ValueError(f"start_joint_range_deg must be >= 0, got {start_joint_range_deg}")
         self.width, self.height = width, height
         self.dr = dr
         self.render_images = render_images
@@ -90,6 +96,7 @@ class NeedleInsertionEnv(gymnasium.Env):
         self._renderer: mujoco.Renderer | None = None
         self._renderer_stale = True
         self._home = np.deg2rad(np.array(HOME_QPOS_DEG))
+        self.start_joint_range = np.deg2rad(start_joint_range_deg)
         self._params: dict[str, float] = {}
         self._step_count = 0
         self._hold_count = 0
@@ -116,15 +123,17 @@ class NeedleInsertionEnv(gymnasium.Env):
         if seed is None:
             seed = int(self.np_random.integers(2**63 - 1))
         # Independent streams, so that switching image rendering off leaves the scene and joint noise unchanged.
-        scene_seq, qpos_seq, image_seq = np.random.SeedSequence(seed).spawn(3)
+        # A fourth stream for the start pose: spawn(4)[:3] are spawn(3)'s, so seeds keep their scenes.
+        scene_seq, qpos_seq, image_seq, start_seq = np.random.SeedSequence(seed).spawn(4)
         self._qpos_rng = np.random.default_rng(qpos_seq)
         self._image_rng = np.random.default_rng(image_seq)
         self._params = self.randomizer.sample(np.random.default_rng(scene_seq))
         self.randomizer.apply(self.model, self._params)
 
         mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:] = self._home
-        self.data.ctrl[:] = self._home
+        start = self._home + np.random.default_rng(start_seq).uniform(-1, 1, 6) * self.start_joint_range
+        self.data.qpos[:] = start
+        self.data.ctrl[:] = start
         mujoco.mj_forward(self.model, self.data)
         self._renderer_stale = True  # the textures changed: the next render uploads them
         self._step_count = 0
@@ -187,7 +196,7 @@ class NeedleInsertionEnv(gymnasium.Env):
                            cannula_radius=CANNULA_RADIUS)
 
     def commanded_qpos(self) -> np.ndarray:
-        """The joint positions the servos currently hold (the home pose right after reset)."""
+        """The joint positions the servos currently hold (the start pose right after reset)."""
         return self.data.ctrl.copy()
 
     # -- internals -------------------------------------------------------------------------------------------

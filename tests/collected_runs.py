@@ -61,8 +61,10 @@ def collect(out: Path, episodes: int, *flags: str, size=(64, 48)) -> list[Path]:
 
 
 def randomized_episode(tmp_path_factory) -> Path:
-    """One 64x48 episode as the collector makes them by default (phantom placement and domain randomization on)."""
-    return _once("randomized", lambda: collect(tmp_path_factory.mktemp("randomized") / "data", 1)[0])
+    """One 64x48 episode with the collector's default phantom placement and domain randomization, from a varied start
+    (--start_joint_range_deg, as the placed tiers collect)."""
+    return _once("randomized", lambda: collect(tmp_path_factory.mktemp("randomized") / "data", 1,
+                                               "--start_joint_range_deg", "5")[0])
 
 
 def fixed_tier_data(tmp_path_factory, episodes: int = FIXED_TIER_EPISODES) -> Path:

@@ -60,7 +60,7 @@ def collection_env(recording):
     phantom = PhantomPlacement.from_attrs(attrs)
     env = NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
                              dr=DomainRandomization() if attrs["dr_enabled"] else None, phantom=phantom,
-                             render_images=False)
+                             start_joint_range_deg=float(attrs["start_joint_range_deg"]), render_images=False)
     yield env
     env.close()
 
@@ -93,6 +93,11 @@ def test_replaying_the_recorded_actions_from_the_recorded_seed_reproduces_the_ep
     assert attrs["success"] and success_step == length  # the collector stops at the success (no --hold_seconds)
     assert (info["tip_error_mm"], info["axis_error_deg"]) == (attrs["final_tip_error_mm"], attrs["final_axis_error_deg"])
 
+    # The start pose is the seed's too (drawn within start_joint_range_deg): from home the first frame differs.
+    home_start = NeedleInsertionEnv(width=8, height=8, dr=collection_env.dr, phantom=collection_env.randomizer.phantom,
+                                    render_images=False)
+    assert np.abs(replay(home_start, seed, recording.action)[0][0] - recording.qpos[0]).max() > 0.01  # rad
+    home_start.close()
     for frames in (1, -1):  # negative control: a frame's command executed one frame early, or late
         qpos, ee_pose, success_step, _ = replay(collection_env, seed, shifted(recording.action, frames))
         assert np.abs(qpos - recording.qpos).max() > 0.01, frames  # rad; the same sensor noise in every replay

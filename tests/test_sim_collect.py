@@ -146,6 +146,17 @@ def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_pa
     assert refused.returncode != 0 and "perturb_std" in refused.stderr
 
 
+def test_varied_starts_are_recorded_and_kept_apart_from_home_starts(collected, tmp_path):
+    result = collect(tmp_path, 1, 7, "--start_joint_range_deg", "5")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "episode_000000.h5") as f, h5py.File(collected / "episode_000000.h5") as plain:
+        assert f.attrs["success"] and f.attrs["start_joint_range_deg"] == 5 and plain.attrs["start_joint_range_deg"] == 0
+        start, home = np.degrees(f["action"][0]), np.degrees(plain["action"][0])  # the first command: near the start
+        assert 0.5 < np.abs(start - home).max() < 6
+    refused = collect(tmp_path, 2, 7)
+    assert refused.returncode != 0 and "start_joint_range_deg" in refused.stderr
+
+
 def test_help_names_every_range_flag():
     result = run_module("sim.collect", "--help")
     assert result.returncode == 0

@@ -94,6 +94,25 @@ def test_image_rendering_does_not_change_the_physics_or_noise():
     with_images.close()
 
 
+def test_start_pose_is_home_or_drawn_within_the_range_from_the_seed(env):
+    home = np.deg2rad(np.array(HOME_QPOS_DEG))
+    varied = NeedleInsertionEnv(width=WIDTH, height=HEIGHT, render_images=False, start_joint_range_deg=5)
+    starts = []
+    for seed in range(8):
+        env.reset(seed=seed)
+        np.testing.assert_array_equal(env.commanded_qpos(), home)  # the default: always home
+        varied.reset(seed=seed)
+        starts.append(varied.commanded_qpos())
+        assert varied.scene_params == env.scene_params  # the start has its own stream: the scene is the seed's
+    starts = np.degrees(np.array(starts) - home)
+    assert np.abs(starts).max() <= 5 and starts.std(axis=0).min() > 1  # every joint varies, within +/-5 deg
+    varied.reset(seed=3)
+    np.testing.assert_array_equal(np.degrees(varied.commanded_qpos() - home), starts[3])  # reproducible
+    with pytest.raises(ValueError, match="start_joint_range_deg"):
+        NeedleInsertionEnv(width=WIDTH, height=HEIGHT, start_joint_range_deg=-1)
+    varied.close()
+
+
 def test_dr_values_stay_in_their_ranges_and_vary(env):
     dr, phantom = DomainRandomization(), PhantomPlacement()
     samples = [env.reset(seed=seed)[1]["scene_params"] for seed in range(8)]
