@@ -15,7 +15,8 @@ Evaluation runs on held-out seeds (--eval_seed, never the collection's) with the
 chunks ensembled (--temporal_ensemble_coeff, --n_action_steps: see their help).
 
 Writes OUT/summary.json and OUT/learning_curve.png (training loss and the closed-loop success rate of the
-evaluations during training, against the step) and prints, last, the evaluator's `Success rate:` line.
+evaluations during training, chunks executed as in the final one, against the step) and prints, last, the
+evaluator's `Success rate:` line.
 """
 
 import argparse
@@ -175,7 +176,11 @@ def main(argv=None):
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
-        f"--evaluation.freq={steps // 4}", *flags(BASE_TRAIN), *flags(tier.train), *user_overrides,
+        f"--evaluation.freq={steps // 4}", *flags(BASE_TRAIN), *flags(tier.train),
+        # the evaluations during training execute chunks as the final one does
+        *([f"--evaluation.temporal_ensemble_coeff={args.temporal_ensemble_coeff}"]
+          if args.temporal_ensemble_coeff is not None else []),
+        *user_overrides,
     ]
     final_hf = run_dir / "checkpoints" / "final_hf"
     if args.eval_only:

@@ -15,7 +15,8 @@ from sim.randomization import PhantomPlacement
 def make_training_evaluator(cfg: dict, base_seed: int = EVAL_BASE_SEED):
     """evaluate_fn(policy, preprocessor, postprocessor, step) for insertion_vla.train.train: evaluation.episodes
     closed-loop episodes (the same seeds every time, so evaluations compare), rendered at the training data's
-    image size, the phantom placed within the training data's range, all DR on; writes
+    image size, the phantom placed within the training data's range, all DR on, chunks executed as
+    evaluation.temporal_ensemble_coeff says; writes
     OUTPUT_DIR/eval/step_N/{report.json, episodes.csv}."""
     episodes = cfg["evaluation"]["episodes"]  # its range (and evaluation.freq's) is checked at config load
     facts = training_data_facts(cfg["dataset"])
@@ -29,11 +30,13 @@ def make_training_evaluator(cfg: dict, base_seed: int = EVAL_BASE_SEED):
         nonlocal env
         if env is None:
             env = make_env(width, height, phantom=phantom)
-        driver = PolicyDriver(policy, preprocessor, postprocessor, policy_inputs(policy, cfg["dataset"]))
+        driver = PolicyDriver(policy, preprocessor, postprocessor, policy_inputs(policy, cfg["dataset"]),
+                              temporal_ensemble_coeff=cfg["evaluation"]["temporal_ensemble_coeff"])
         results = run_episodes(env, driver, seeds, desc=f"eval step {step}")
         summary = summarize(results)
         settings = {"step": step, "base_seed": base_seed, "seeds": seeds, "seeds_check": seeds_note,
                     "width": width, "height": height, "n_action_steps": driver.n_action_steps,
+                    "temporal_ensemble_coeff": driver.temporal_ensemble_coeff,
                     "phantom": dataclasses.asdict(phantom), "dr": dataclasses.asdict(env.dr)}
         write_report(Path(cfg["output_dir"]) / "eval" / f"step_{step}", settings, summary,
                      [dataclasses.asdict(r) for r in results])

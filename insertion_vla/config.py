@@ -141,6 +141,11 @@ SCHEMA = {
         "enable": _field(False, help="closed-loop episodes in the simulator during training (rank 0)"),
         "freq": _field(2000, at_least=1, help="every N steps and at the end"),
         "episodes": _field(10, at_least=1, help="simulated episodes per evaluation"),
+        "temporal_ensemble_coeff": _field(
+            None, *NUMBER, NoneType,
+            help="ensemble overlapping chunks with ACT's weights exp(-M i) (evaluate_smolvla_sim.py "
+                 "--temporal_ensemble_coeff); null: receding horizon of policy.n_action_steps",
+        ),
     },
     "optimizer": {
         "lr": _field(1e-4, *NUMBER, above=0, help="peak learning rate"),

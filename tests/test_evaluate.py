@@ -304,7 +304,7 @@ def test_offline_mode_reports_per_joint_mae_and_plots(run_dir, exported, tmp_pat
 def test_training_with_evaluation_logs_eval_metrics(tiny_vlm_dir, tmp_path, capsys):  # noqa: F811
     config = make_run_dir(tmp_path, tiny_vlm_dir, length=30)
     cfg = yaml.safe_load(config.read_text())
-    cfg["evaluation"] = {"enable": True, "freq": 4, "episodes": 1}
+    cfg["evaluation"] = {"enable": True, "freq": 4, "episodes": 1, "temporal_ensemble_coeff": 0.01}
     config.write_text(yaml.safe_dump(cfg))
     res = train(config)
     assert re.search(r"\[EVAL\] Step 4 \| eval/success_rate: \d\.\d{3} \| eval/tip_error_mm: \d+\.\d{3} \| "
@@ -313,10 +313,12 @@ def test_training_with_evaluation_logs_eval_metrics(tiny_vlm_dir, tmp_path, caps
         logged = {(int(r["step"]), r["metric"]) for r in csv.DictReader(f)}
     assert {(4, "eval/success_rate"), (8, "eval/success_rate"), (8, "eval/tip_error_mm")} <= logged
     during_training = json.loads((tmp_path / "out" / "eval" / "step_8" / "report.json").read_text())
+    assert during_training["settings"]["temporal_ensemble_coeff"] == 0.01
 
-    # The callback and the command line run the same episode for the same weights and seed.
+    # The callback and the command line run the same episode for the same weights and seed, chunks ensembled alike.
     evaluate_in_process(capsys, "--policy", tmp_path / "out" / "checkpoints" / "checkpoint_step_8.pt", "--episodes", 1,
-                        "--videos", 0, "--device", "cpu", "--output_dir", tmp_path / "eval")
+                        "--videos", 0, "--device", "cpu", "--output_dir", tmp_path / "eval",
+                        "--temporal_ensemble_coeff", 0.01)
     from_cli, _ = read_report(tmp_path / "eval")
     assert from_cli["episodes"][0]["final_tip_error_mm"] == during_training["episodes"][0]["final_tip_error_mm"]
 
