@@ -10,7 +10,8 @@ and recorded frames are counted alike.
   asynchronous   a prediction starts n_action_steps ticks after the newest chunk's observation, in a background
                  thread (deploy.async_inference); when it arrives d ticks later, its element d is the current
                  tick's. Only if the queue runs dry first (a prediction longer than chunk_size - n_action_steps
-                 ticks) does a tick wait for the model, counted as `starved`.
+                 ticks) does a tick wait for the model, counted as `starved`; a wait longer than a whole
+                 chunk's ticks stops the run (safety:model_stalled).
 A tick that ends after its deadline is an overrun; the next one starts at once and the clock is re-anchored
 there (no burst of catching-up commands).
 
@@ -156,10 +157,14 @@ class ControlLoop:
             background.submit(observation, tick)
         if self.schedule.needs_chunk():  # the queue ran dry: the in-flight prediction covers this tick, wait for it
             self.stats.starved += 1
-            arrived = None
+            arrived, waited_since = None, time.monotonic()
             while arrived is None:
                 if self.stop_request.is_set():
                     raise _OperatorStop(self.stop_request.reason)
+                waited = time.monotonic() - waited_since
+                if waited > self.chunk_size * self.period:  # a model that hangs must not leave the run waiting
+                    raise SafetyStop("model_stalled", f"tick {tick} waited {waited:.2f} s for the in-flight prediction, "
+                                                      f"longer than a whole chunk takes ({self.chunk_size} ticks)")
                 arrived = background.poll(timeout=self.period)
             self._add_arrived(arrived, tick)
 

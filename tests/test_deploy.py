@@ -288,6 +288,27 @@ def test_a_non_finite_prediction_stops_even_when_clipping():
     assert stats.stop["kind"] == "safety:non_finite" and stats.stop["tick"] == 2 and stats.steps == 2
 
 
+def test_a_model_that_hangs_stops_the_asynchronous_run():
+    def predict(observation):  # chunk 0 at once, then predictions that take 5 s, 25 ticks: past a chunk's 4
+        if predict.calls:
+            time.sleep(5)
+        predict.calls += 1
+        return steady_chunk(HOME, length=4)
+    predict.calls = 0
+
+    robot = sim_robot()
+    robot.connect()
+    settings = LoopSettings(hz=HZ, n_action_steps=2, async_inference=True, max_seconds=30)
+    limits = SafetyLimits(np.radians(40.0) / HZ, np.array(DEFAULT_WORKSPACE))
+    try:
+        stats = ControlLoop(robot, predict, 4, settings, limits, StopRequest()).run()
+    finally:
+        robot.close()
+    assert stats.stop["kind"] == "safety:model_stalled", stats.stop
+    assert stats.steps == 4 and stats.starved == 1  # chunk 0 executed, then a chunk's time of waiting, and stopped
+    np.testing.assert_allclose(robot.env.commanded_qpos(), HOME, atol=1e-6)
+
+
 class FrozenToolCamera(SimRobot):
     """A stand-in for a camera that stops delivering: tool_camera's frame and its time freeze after two ticks."""
 
