@@ -24,7 +24,7 @@ import contextlib
 import time
 
 import numpy as np
-from mecademicpy.mx_robot_def import MxEventSeverity, MxMoveMode, MxRobotStatusCode
+from mecademicpy.mx_robot_def import MxEventSeverity, MxMoveMode, MxRobotSimulationMode, MxRobotStatusCode
 from mecademicpy.robot import Robot
 from mecademicpy.robot_classes import MecademicException
 
@@ -61,6 +61,20 @@ def tool_frame_for_robot() -> list[float]:
     position_mm = TIP_IN_FLANGE[:3, 3] * 1000.0
     angles_deg = np.degrees(euler_xyz_from_matrix(TIP_IN_FLANGE[:3, :3]))
     return np.concatenate([position_mm, angles_deg]).round(6).tolist()
+
+
+def check_simulation_mode(requested: bool, reported) -> None:
+    """Refuse a controller whose simulation mode is not the one asked for: motors that would move although
+    --robot.controller_sim asked them not to, or a run (and its recording) that the controller only simulates."""
+    simulating = int(reported) != MxRobotSimulationMode.MX_SIM_MODE_DISABLED
+    if requested and not simulating:
+        raise UserError(f"--robot.controller_sim: the controller reports its simulation mode off ({reported!r}) after "
+                        "ActivateSim; nothing was moved. Activate it on the robot's web interface and run again, or "
+                        "run without --robot.controller_sim once the arm may move")
+    if simulating and not requested:
+        raise UserError(f"the Meca500's controller is in its simulation mode ({reported!r}, left on by another client): "
+                        "the arm would not move and the recording would hold simulated feedback. Deactivate it on the "
+                        "robot's web interface, or pass --robot.controller_sim to run in it")
 
 
 def check_pose_feedback(q: np.ndarray, ee_pose: np.ndarray) -> None:
@@ -112,6 +126,9 @@ class Meca500Robot:
                                 "e-stop, p-stop, ...): release and reset it on the robot, then run again")
             if self.controller_sim:
                 self._robot.ActivateSim()  # the controller runs every command, the motors stay still
+                self._robot.WaitSimActivated(timeout=10)
+            # read back before anything moves (homing does): the mode asked for must be the controller's
+            check_simulation_mode(self.controller_sim, self._robot.GetStatusRobot(synchronous_update=True).simulation_mode)
             self._robot.ActivateAndHome()
             self._robot.WaitHomed(timeout=60)
             self._robot.ResumeMotion()  # a previous run's stop left the motion queue paused

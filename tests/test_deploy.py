@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import yaml
 from fixtures_policy import TASK, tiny_vlm_dir  # noqa: F401
+from mecademicpy.mx_robot_def import MxRobotSimulationMode
 from mecademicpy.robot import Robot as MecademicRobot
 from train_runs import ROOT, env, run_dir  # noqa: F401  (run_dir: a pytest fixture)
 
@@ -434,6 +435,15 @@ def test_meca500_units_and_euler_convention_match_the_simulator():
         meca500.check_pose_feedback(q, no_tool_frame)
     with pytest.raises(UserError, match="tool frame or the world frame"):
         meca500.check_pose_feedback(q, np.concatenate([ee_pose_from_joints(q)[:3], np.radians(ee_pose_from_joints(q)[3:])]))
+
+
+def test_the_controller_simulation_mode_must_be_the_one_asked_for():
+    meca500.check_simulation_mode(True, MxRobotSimulationMode.MX_SIM_MODE_REAL_TIME)
+    meca500.check_simulation_mode(False, MxRobotSimulationMode.MX_SIM_MODE_DISABLED)
+    with pytest.raises(UserError, match="reports its simulation mode off.*nothing was moved"):
+        meca500.check_simulation_mode(True, MxRobotSimulationMode.MX_SIM_MODE_DISABLED)
+    with pytest.raises(UserError, match="is in its simulation mode.*--robot.controller_sim"):
+        meca500.check_simulation_mode(False, MxRobotSimulationMode.MX_SIM_MODE_FAST)
 
 
 def test_the_adapter_calls_only_what_mecademicpy_offers():
