@@ -41,16 +41,15 @@ def parse_cameras(text: str) -> dict:
 
 
 def make_robot(args, dataset_cfg: dict):
+    if args.width is None:  # render, or ask the cameras for, the size the policy's training frames had
+        facts = training_data_facts(dataset_cfg)
+        args.width, args.height = facts["image_size"] if facts else DEFAULT_SIZE
     if args.robot == "sim":
-        if args.width is None:
-            facts = training_data_facts(dataset_cfg)
-            args.width, args.height = facts["image_size"] if facts else DEFAULT_SIZE
         phantom, dr = randomization_from_args(args)
         return SimRobot(args.hz, args.width, args.height, args.seed, dr, phantom)
     from deploy.meca500 import Meca500Robot  # mecademicpy only where the robot is used
 
-    width, height = (args.width, args.height) if args.width else DEFAULT_SIZE
-    return Meca500Robot(args.robot_address, args.cameras, width, height, args.hz, args.robot_joint_vel_limit,
+    return Meca500Robot(args.robot_address, args.cameras, args.width, args.height, args.hz, args.robot_joint_vel_limit,
                         args.robot_feedback_timeout_s, args.robot_watchdog_s, args.robot_controller_sim)
 
 

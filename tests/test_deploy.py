@@ -36,12 +36,13 @@ from deploy.cameras import CameraCapture
 from deploy.control_loop import ControlLoop, LoopSettings
 from deploy.recording import DryRunLog
 from deploy.safety import DEFAULT_WORKSPACE, SafetyLimits, SafetyStop, check_command, check_observation
+from deploy.session import make_robot
 from deploy.sim_robot import SimRobot, physics_substeps
 from deploy.stop_request import StopRequest
 from deploy.tool import ee_pose_from_joints, tip_pose
 from episode_format.reader import discover_episodes
 from evaluation.drivers import ActionChunkSchedule, PolicyDriver
-from evaluation.policy_io import load_policy, policy_inputs
+from evaluation.policy_io import load_policy, policy_inputs, training_config_of_export
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
@@ -465,6 +466,15 @@ def test_meca500_refuses_a_camera_layout_the_policy_was_not_trained_on(export, c
     with pytest.raises(UserError, match=r"\['tool_camera', 'top_camera'\] missing.*--cameras \"\{side_camera: DEVICE"):
         robot_cli(["--policy", export, "--robot", "meca500", "--robot.address", "127.0.0.1", "--cameras",
                   "{side_camera: 0, wrist: 1}", "--device", "cpu"])
+
+
+def test_the_meca500_cameras_are_asked_for_the_size_of_the_training_frames(export):
+    dataset_cfg = training_config_of_export(export)[0]["dataset"]
+    base = ["--policy", export, "--robot", "meca500", "--robot.address", "127.0.0.1", "--cameras", "{side_camera: 0}"]
+    robot = make_robot(cli.parse_args([str(a) for a in base]), dataset_cfg)  # builds, connects to nothing
+    assert (robot.width, robot.height) == (WIDTH, HEIGHT)
+    robot = make_robot(cli.parse_args([str(a) for a in base] + ["--width", "320", "--height", "240"]), dataset_cfg)
+    assert (robot.width, robot.height) == (320, 240)
 
 
 def test_meca500_connection_refused_on_loopback_is_a_clear_error(export, tmp_path):
