@@ -1,7 +1,8 @@
-"""Bad frames met in training: each logged once, counted over all ranks, the run stopped past a limit.
+"""Bad frames met in training and validation: each logged once, counted over all ranks, the run stopped past a limit.
 
 The dataset replaces a sample that needs a bad frame (insertion_vla.dataset: a JPEG that does not decode, an
-unreadable frame, a NaN/Inf state or action row) and says so in the sample; the step hands those records here.
+unreadable frame, a NaN/Inf state or action row) and says so in the sample; the step (and each validation) hands
+those records here.
 A bad frame is counted once however often it is met (every epoch, or in several samples' action chunks), printed
 and appended to output_dir/bad_samples.csv at once; more than training.max_bad_samples of them stop the run with
 an error naming the files. A resumed run keeps the frames its checkpoint's step had met (rank 0's log, shared).

@@ -135,7 +135,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
         is_best = False
         if val_set is not None and due(validation["val_freq"]):
             val_metrics = validate_and_plot(policy, preprocessor, postprocessor, val_set, cfg, runtime, autocast,
-                                            monitor, state.step)
+                                            monitor, bad_samples, state.step)
             is_best = val_metrics["val/loss"] < state.best_val_loss
             state.best_val_loss = min(state.best_val_loss, val_metrics["val/loss"])
             metrics.update(val_metrics)
@@ -291,12 +291,15 @@ def update_policy(objective, optimizer, trainable, batches, preprocessor, state:
                       bad_frames_on_some_rank=bad_frame_counts > 0)
 
 
-def validate_and_plot(policy, preprocessor, postprocessor, val_set, cfg, runtime, autocast, monitor, step) -> dict:
-    """Validation metrics (every rank takes part), their console line and log; rank 0 also draws the plots."""
-    validation = cfg["validation"]
+def validate_and_plot(policy, preprocessor, postprocessor, val_set, cfg, runtime, autocast, monitor, bad_samples,
+                      step) -> dict:
+    """Validation metrics (every rank takes part), their console line and log, the bad frames it met logged as
+    training's are; rank 0 also draws the plots."""
+    validation, bad_frames = cfg["validation"], []
     val_metrics = validate(policy, preprocessor, postprocessor, validation_subset(val_set, validation["max_samples"]),
                            info=runtime, batch_size=validation["batch_size"], seed=cfg["seed"],
-                           lambda_temporal=cfg["training"]["lambda_temporal"], autocast=autocast)
+                           lambda_temporal=cfg["training"]["lambda_temporal"], autocast=autocast, bad_frames=bad_frames)
+    bad_samples.check(step, bad_frames, val_metrics["val/bad_frames"] > 0)
     monitor.print(format_val_line(step, val_metrics))
     monitor.log(step, val_metrics)
     if runtime.is_main:

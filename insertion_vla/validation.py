@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset, default_collate
 
 from episode_format.atomic import atomic_write_text
 from insertion_vla import distributed as dist
+from insertion_vla.dataset import BAD_FRAMES, bad_frames_of
 from insertion_vla.errors import UserError
 from insertion_vla.policy import compute_losses, predict_action_chunk, prepare_batch, validation_noise_and_time
 
@@ -53,8 +54,10 @@ def validation_subset(dataset, max_samples: int | None):
 
 @torch.no_grad()
 def validate(policy, preprocessor, postprocessor, dataset, *, info, batch_size, seed, lambda_temporal,
-             autocast) -> dict:
-    """val/loss, val/action_loss, val/temporal_loss and per-joint MAE (rad and deg), over every rank's shard."""
+             autocast, bad_frames: list | None = None) -> dict:
+    """val/loss, val/action_loss, val/temporal_loss, per-joint MAE (rad and deg) and val/bad_frames (frames met
+    that the dataset replaced), over every rank's shard. `bad_frames` receives this rank's records of them."""
+    bad_frames = [] if bad_frames is None else bad_frames
     shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=0)
     was_training = policy.training
@@ -62,6 +65,8 @@ def validate(policy, preprocessor, postprocessor, dataset, *, info, batch_size, 
     sums = {"loss": 0.0, "action_loss": 0.0, "temporal_loss": 0.0, "samples": 0.0}
     abs_err, counts = None, None
     for raw in loader:
+        if BAD_FRAMES in raw:
+            bad_frames += bad_frames_of(raw)
         batch = prepare_batch(raw, preprocessor, info.device)
         noise, time = validation_noise_and_time(policy, raw["episode_index"], raw["frame_index"], seed)
         with autocast():
@@ -82,13 +87,14 @@ def validate(policy, preprocessor, postprocessor, dataset, *, info, batch_size, 
     abs_err = abs_err if abs_err is not None else torch.zeros(action_dim)
     counts = counts if counts is not None else torch.zeros(action_dim)
     totals = dist.sum_over_ranks([sums["loss"], sums["action_loss"], sums["temporal_loss"], sums["samples"],
-                                  *abs_err.tolist(), *counts.tolist()], info.device)
+                                  *abs_err.tolist(), *counts.tolist(), float(len(bad_frames))], info.device)
     samples = max(totals[3], 1.0)
     mae = [e / max(c, 1.0) for e, c in zip(totals[4:4 + action_dim], totals[4 + action_dim:])]
     return {
         "val/loss": totals[0] / samples, "val/action_loss": totals[1] / samples,
         "val/temporal_loss": totals[2] / samples,
         "val/action_mae_rad": mae, "val/action_mae_deg": [math.degrees(x) for x in mae],
+        "val/bad_frames": totals[-1],
     }
 
 

@@ -128,6 +128,21 @@ def test_past_max_bad_samples_the_run_stops_naming_the_files(spoiled_run, tmp_pa
     assert not (tmp_path / "limited" / "checkpoints" / "checkpoint_step_8.pt").exists()
 
 
+def test_bad_frames_met_in_validation_are_logged_too(tiny_vlm_dir, tmp_path):  # noqa: F811
+    config = make_run_dir(tmp_path, tiny_vlm_dir, n_episodes=4, length=10,
+                          validation={"num_episodes": 1, "val_freq": 4, "max_samples": None})
+    for path in sorted((tmp_path / "data").glob("*.h5")):  # every episode: the held-out one too
+        corrupt_jpeg(path, "side_camera", 5)
+    res = train(config)
+    held_out = (tmp_path / "out" / "validation_episodes.txt").read_text().splitlines()[1].split("\t")[1]
+    rows = [r for r in bad_rows(tmp_path / "out") if r["file"] == held_out]  # never a training sample's
+    assert [(r["camera"], r["frame"], r["step"]) for r in rows] == [("side_camera", "5", "4")], rows  # once
+    assert f"{held_out}: camera 'side_camera' frame 5 is not a decodable JPEG" in res.stdout
+    with open(tmp_path / "out" / "metrics.csv", newline="") as f:
+        counts = {r["step"]: float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "val/bad_frames"}
+    assert counts["4"] >= 1 and counts["8"] >= 1  # met at every validation, logged at the first
+
+
 def test_resume_after_a_replaced_sample_gives_the_same_weights_and_log(spoiled_run, tmp_path):
     config, out, _ = spoiled_run
     assert min(int(r["step"]) for r in bad_rows(out)) <= 4  # a sample was replaced before the checkpoint
