@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import AutoConfig
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
@@ -104,7 +105,7 @@ def main() -> None:
         return (predicted - test_offsets).abs().mean(0)
 
     rows, started, generator = [], time.perf_counter(), torch.Generator().manual_seed(args.seed)
-    for step in range(1, args.steps + 1):
+    for step in tqdm(range(1, args.steps + 1), desc="train", unit="step", dynamic_ncols=True, leave=False):
         index = torch.randint(len(train_offsets), (args.batch_size,), generator=generator)
         loss = torch.nn.functional.mse_loss(model(train_images[index]), (train_offsets[index] - mean) / std)
         optimizer.zero_grad()
