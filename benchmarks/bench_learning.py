@@ -71,9 +71,9 @@ N_ACTION_STEPS = 10
 # validation loss rose 0.44 -> 1.04) and ignored the placement of new ones (0/20, 7.3 mm).
 SEEING = {"policy.freeze_vision_encoder": False, "policy.train_expert_only": False}
 # From the home pose alone, the joints the expert passes through tell where the phantom stands: with 160 such
-# demonstrations the chunk predicted at the first frame (only the images can tell there) missed by 8.2 mm against
-# 8.8 mm for the mean target, but by 0.7-1.5 mm from later recorded frames; in closed loop, 0/20. Starts within
-# +/-5 deg per joint (tip spread 7-16 mm, the placement's 6 mm) leave the images as the way to know.
+# demonstrations the chunk predicted at the first frame (only the images can tell there) missed by 8.8 mm, as a
+# blind guess does, but by 1.0-1.4 mm from later recorded frames (benchmarks/probe_vision.py); closed loop 0/20 at
+# 10.4 mm. Starts within +/-5 deg per joint (tip spread 7-16 mm, the placement's 6 mm): 0/20 at 6.4 mm.
 RECOVERING = {"hold_seconds": 2, "perturb_std": 0.002, "start_joint_range_deg": 5}
 TIERS = {
     "fixed": Tier(placement={"phantom_x_range": 0, "phantom_y_min": 0, "phantom_y_max": 0, "phantom_yaw_range_deg": 0},
