@@ -6,7 +6,8 @@
 Every phase is the toolkit's own command line (sim.collect, compute_dataset_stats.py, insertion_vla.tiny_vlm,
 train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file only chooses settings.
 Tiers differ in where the eye phantom stands (domain randomization is the collector's default, all on), and in
-the settings that TIERS below gives each (demonstrations, steps, the collector's hold and perturbation, the VLM):
+the settings that TIERS below gives each (demonstrations, steps, the collector's hold, perturbation and start
+range, the VLM):
   fixed   the phantom always at its nominal place;
   narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
   full    the collector's default placement.
