@@ -38,8 +38,8 @@ class ActionChunkSchedule:
 
     def __init__(self, chunk_size: int, every: int, ensemble_coeff: float | None = None):
         check_n_action_steps(every, chunk_size)
-        if ensemble_coeff is not None and not np.isfinite(ensemble_coeff):
-            raise UserError(f"--temporal_ensemble_coeff must be a finite number, got {ensemble_coeff}")
+        if ensemble_coeff is not None and not (np.isfinite(ensemble_coeff) and ensemble_coeff >= 0):
+            raise UserError(f"--temporal_ensemble_coeff must be a finite number >= 0 (ACT: 0.01), got {ensemble_coeff}")
         self.chunk_size, self.every, self.ensemble_coeff = chunk_size, every, ensemble_coeff
         self._chunks: deque = deque()  # (step it was predicted at, chunk), oldest first
         self._step = 0  # the step the next action is for

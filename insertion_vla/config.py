@@ -142,7 +142,7 @@ SCHEMA = {
         "freq": _field(2000, at_least=1, help="every N steps and at the end"),
         "episodes": _field(10, at_least=1, help="simulated episodes per evaluation"),
         "temporal_ensemble_coeff": _field(
-            None, *NUMBER, NoneType,
+            None, *NUMBER, NoneType, at_least=0,
             help="ensemble overlapping chunks with ACT's weights exp(-M i) (evaluate_smolvla_sim.py "
                  "--temporal_ensemble_coeff); null: receding horizon of policy.n_action_steps",
         ),

@@ -174,8 +174,9 @@ def test_receding_horizon_executes_the_first_actions_of_the_newest_chunk():
         schedule.next_action()
     with pytest.raises(UserError, match=r"--n_action_steps must be in \[1, 4\]"):
         ActionChunkSchedule(chunk_size=4, every=5)
-    with pytest.raises(UserError, match="--temporal_ensemble_coeff must be a finite number"):
-        ActionChunkSchedule(chunk_size=4, every=1, ensemble_coeff=math.inf)
+    for bad in (math.inf, -0.01):
+        with pytest.raises(UserError, match="--temporal_ensemble_coeff must be a finite number >= 0"):
+            ActionChunkSchedule(chunk_size=4, every=1, ensemble_coeff=bad)
 
 
 def test_temporal_ensembling_closed_loop_with_the_tiny_policy(run_dir, tmp_path, capsys):
