@@ -17,7 +17,7 @@ Two options make demonstrations a policy learns more from (the env's success rul
                      start each episode with every joint uniformly within +/-R deg of the home pose (from the
                      episode's seed). From the home pose alone, the joints an expert passes through tell where the
                      phantom stands, and a policy learns that instead of looking (it then fails in closed loop, where
-                     the joints are its own); varied starts make the images the only way to know.
+                     the joints are its own); from varied starts they tell much less on the first part of the way.
 """
 
 import argparse

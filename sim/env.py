@@ -17,8 +17,8 @@ Observation (exactly what the recorder stores, before JPEG):
            no angle comes near the +/-180 deg wrap.
            Computed from the true (noise-free) state.
 Start: the arm at its home pose (HOME_QPOS_DEG), or, with `start_joint_range_deg` R > 0, each joint uniformly within
-+/-R deg of it, drawn from the episode's seed (demonstrations from varied starts: a policy cannot read the target
-off the joints it passes through, sim.collect --start_joint_range_deg).
++/-R deg of it, drawn from the episode's seed (demonstrations from varied starts, whose joints tell a policy less
+of where the target is: sim.collect --start_joint_range_deg).
 The action is the commanded joint positions (rad), clipped to the joint limits and held by position servos
 for the frame (40 physics steps of 1/600 s).
 
