@@ -18,8 +18,8 @@ step() { echo; echo "==> [$1/7] $2   (t = $((SECONDS - start)) s)"; }
 # CPU in minutes, so the closed loop at the end can succeed.
 FIXED="--phantom_x_range 0 --phantom_y_min 0 --phantom_y_max 0 --phantom_yaw_range_deg 0"
 
-step 1 "Collect 20 simulated episodes, fixed phantom placement, domain randomization on (128x96, 2 workers)"
-$PY -m sim.collect --episodes 20 --out "$OUT/data" --width 128 --height 96 --workers 2 --seed 7 --hold_seconds 2 $FIXED
+step 1 "Collect 16 simulated episodes, fixed phantom placement, domain randomization on (128x96, 2 workers)"
+$PY -m sim.collect --episodes 16 --out "$OUT/data" --width 128 --height 96 --workers 2 --seed 7 --hold_seconds 2 $FIXED
 
 step 2 "Dataset statistics"
 DATASET_ROOT="$OUT/data" OUTPUT="$OUT/dataset_stats.yaml" CONFIG="$CONFIG" PYTHON=$PY bash compute_dataset_stats_sim.sh
