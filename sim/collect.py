@@ -6,7 +6,7 @@ Episode i is written to DIR/episode_{i:06d}.h5 (sorted order = episode order) fr
 `episode_seed(seed, i, attempt)`; a failed attempt (no success before the timeout) is discarded, counted, and
 retried with the next attempt number. Re-running into the same DIR skips the episodes already there.
 
-Two options make demonstrations a policy learns more from (the env's success rule is unchanged):
+Three options make demonstrations a policy learns more from (the env's success rule is unchanged):
   --hold_seconds S   keep recording S more seconds after the success: the expert stays at the target, so a policy
                      sees what to do once there (without it every episode ends 1 s into the hold);
   --perturb_std R    DART-style recovery: Gaussian noise (std R rad per joint) is added to the command sent to the
