@@ -66,7 +66,7 @@ def main() -> None:
         recorded, predicted = [], []
         for position in range(len(paths)):
             t = dataset.lengths[position] - 1 if frame < 0 else min(frame, dataset.lengths[position] - 1)
-            sample = default_collate([dataset[dataset._starts[position] + t]])
+            sample = default_collate([dataset[dataset.sample_index(position, t)]])
             chunk = predict_action_chunk(policy, prepare_batch(sample, loaded.preprocessor, "cpu"), loaded.postprocessor)
             last = int((~sample["action_is_pad"][0]).sum()) - 1  # the chunk's last action inside the episode
             recorded.append(sample["action"][0, last].numpy())

@@ -139,9 +139,13 @@ class EpisodeDataset(Dataset):
         pos = bisect.bisect_right(self._starts, index) - 1
         return pos, index - self._starts[pos]
 
+    def sample_index(self, position: int, frame: int) -> int:
+        """(position in self.paths, frame) -> sample index: the inverse of locate."""
+        return self._starts[position] + frame
+
     def index_of(self, episode_index: int, frame: int) -> int:
         """(episode index as carried in samples, frame) -> sample index."""
-        return self._starts[self._position[episode_index]] + frame
+        return self.sample_index(self._position[episode_index], frame)
 
     def replacement(self, index: int, attempt: int) -> int:
         """The sample that stands in for `index` at its `attempt`-th replacement (1, 2, ...) in this epoch."""

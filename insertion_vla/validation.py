@@ -102,14 +102,13 @@ def validate(policy, preprocessor, postprocessor, dataset, *, info, batch_size, 
 def predict_episode(policy, preprocessor, postprocessor, dataset, position: int, device, autocast) -> tuple:
     """Open-loop replay of one held-out episode: a chunk predicted every n_action_steps frames from the
     recorded observations, laid end to end -> (true actions (T, A), predicted (T, A))."""
-    start = dataset._starts[position]
     length = dataset.lengths[position]
     step = policy.config.n_action_steps
     true, pred = [], []
     was_training = policy.training
     policy.eval()
     for t in range(0, length, step):
-        raw = default_collate([dataset[start + t]])
+        raw = default_collate([dataset[dataset.sample_index(position, t)]])
         with autocast():
             chunk = predict_action_chunk(policy, prepare_batch(raw, preprocessor, device), postprocessor)
         keep = min(step, length - t)

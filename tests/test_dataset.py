@@ -29,6 +29,7 @@ def test_samples_have_lerobot_keys_and_chunks(tmp_path):
     paths = write_dataset(tmp_path, n=3)  # lengths 20, 21, 22
     ds = EpisodeDataset(paths, KEYS, horizon=8, image_size=(32, 32), episode_indices=[5, 6, 7])
     assert len(ds) == 20 + 21 + 22 and (ds.state_dim, ds.action_dim) == (6, 6)
+    assert ds.sample_index(1, 18) == ds.index_of(6, 18) == 20 + 18 and ds.locate(20 + 18) == (1, 18)
     s = ds[20 + 18]  # episode 1, frame 18: 3 real actions, then 5 repeats of the last
     assert s["episode_index"] == 6 and s["frame_index"] == 18
     for i in range(1, 4):
