@@ -2,13 +2,14 @@
 vision path alone, apart from the policy.
 
     python -m benchmarks.bench_vision_localization --episodes DIR --held_out DIR [--preset tiny-vision]
-           [--frames 10] [--steps 2000] [--cameras side_camera tool_camera top_camera]
+           [--frames 10] [--steps 2000] [--cameras side_camera tool_camera top_camera] [--image_side 64]
 
 The vision encoder and connector of a `insertion_vla.tiny_vlm` preset (the SmolVLM2 architecture, random weights,
 as the policy starts them), one shared encoder for every camera as in SmolVLA, with a linear head on the image
 tokens, are trained to regress the phantom's offset (dx, dy in mm, yaw in deg: the episode files' attributes) from
-the first `--frames` frames of each episode, seen as the policy sees them (resized with padding to 64x64, scaled to
-[-1, 1]). Use home-start collections (no --start_joint_range_deg): then the offset is what the images show.
+the first `--frames` frames of each episode, seen as the policy sees them (resized with padding to
+`--image_side` squared, 64x64 as in the benchmark tiers, scaled to [-1, 1]). Use home-start collections (no
+--start_joint_range_deg): then the offset is what the images show.
 
 Prints, every 250 steps, the error on the held-out episodes' first frame next to the spread of their offsets (the
 error of a blind guess: the mean offset). An encoder that cannot get well under the spread here cannot give the
@@ -31,17 +32,16 @@ from insertion_vla.dataset import resize_with_pad
 from insertion_vla.tiny_vlm import build_tiny_vlm
 from sim.scene import CAMERA_NAMES
 
-IMAGE_SIDE = 64  # the benchmark tiers' policy image size
 OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # attributes in m, m, rad -> mm, mm, deg
 
 
-def load_frames(folder: Path, cameras: tuple, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> images (episodes, frames, cameras, 3, 64, 64) in [-1, 1], offsets (episodes, 3) in mm, mm, deg."""
+def load_frames(folder: Path, cameras: tuple, frames: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> images (episodes, frames, cameras, 3, side, side) in [-1, 1], offsets (episodes, 3) in mm, mm, deg."""
     keys = EpisodeKeys(cameras={name: name for name in cameras}, state_keys=("observations/qpos",))
     images, offsets = [], []
     for path in discover_episodes(folder, source="--episodes"):
         with open_episode(path, keys) as episode:
-            shown = [[resize_with_pad(episode.read_image(name, t), IMAGE_SIDE, IMAGE_SIDE) for name in cameras]
+            shown = [[resize_with_pad(episode.read_image(name, t), side, side) for name in cameras]
                      for t in range(min(frames, episode.length))]
             attrs = episode.attrs
         images.append(np.array(shown))
@@ -54,11 +54,11 @@ class Localizer(torch.nn.Module):
     """SmolVLA's image path (vision encoder, then the pixel-shuffle connector), every camera's tokens into a linear
     head."""
 
-    def __init__(self, vlm_config, cameras: int):
+    def __init__(self, vlm_config, cameras: int, side: int):
         super().__init__()
         self.vision = SmolVLMVisionTransformer(vlm_config.vision_config)
         self.connector = SmolVLMConnector(vlm_config)
-        tokens = (IMAGE_SIDE // vlm_config.vision_config.patch_size) ** 2 // vlm_config.scale_factor**2
+        tokens = (side // vlm_config.vision_config.patch_size) ** 2 // vlm_config.scale_factor**2
         self.head = torch.nn.Linear(cameras * tokens * vlm_config.text_config.hidden_size, 3)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, cameras, 3, H, W) -> (B, 3)
@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--held_out", type=Path, required=True, help="other episodes of the same kind, to test on")
     parser.add_argument("--preset", default="tiny-vision", help="insertion_vla.tiny_vlm preset (default: %(default)s)")
     parser.add_argument("--cameras", nargs="+", default=list(CAMERA_NAMES), help="cameras seen (default: all three)")
+    parser.add_argument("--image_side", type=int, default=64,
+                        help="images resized with padding to this square, in pixels (default: %(default)s, the tiers' "
+                             "policy images; a multiple of patch size x scale factor, 16 for tiny-vision)")
     parser.add_argument("--frames", type=int, default=10, help="first frames of each training episode (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2000, help="training steps (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=32, help="default: %(default)s")
@@ -81,21 +84,28 @@ def main() -> None:
     parser.add_argument("--tmp_dir", type=Path, default=Path("/tmp"), help="where the VLM config is written")
     args = parser.parse_args()
 
+    vlm_dir = build_tiny_vlm(args.tmp_dir / f"vision_localization_{args.preset}", args.preset)
+    vlm_config = AutoConfig.from_pretrained(vlm_dir)
+    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
+    if args.image_side % unit:
+        parser.error(f"--image_side {args.image_side} is not a multiple of {unit} (the {args.preset} preset's patch "
+                     f"size x scale factor): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
+
     torch.manual_seed(args.seed)
     cameras = tuple(args.cameras)
-    train_images, train_offsets = load_frames(args.episodes, cameras, args.frames)
-    test_images, test_offsets = load_frames(args.held_out, cameras, 1)
+    train_images, train_offsets = load_frames(args.episodes, cameras, args.frames, args.image_side)
+    test_images, test_offsets = load_frames(args.held_out, cameras, 1, args.image_side)
     train_images, train_offsets = train_images.flatten(0, 1), train_offsets.repeat_interleave(train_images.shape[1], 0)
     test_images = test_images[:, 0]
     mean, std = train_offsets.mean(0), train_offsets.std(0)
     blind = (test_offsets - mean).abs().mean(0)
 
-    vlm_dir = build_tiny_vlm(args.tmp_dir / f"vision_localization_{args.preset}", args.preset)
-    model = Localizer(AutoConfig.from_pretrained(vlm_dir), len(cameras))
+    model = Localizer(vlm_config, len(cameras), args.image_side)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {args.episodes}, "
-          f"{len(test_offsets)} held-out episodes from {args.held_out}; cameras {', '.join(cameras)}; {args.preset}")
+          f"{len(test_offsets)} held-out episodes from {args.held_out}; cameras {', '.join(cameras)}; {args.preset}; "
+          f"{args.image_side}x{args.image_side} images")
 
     def held_out_error() -> torch.Tensor:
         model.eval()
