@@ -1,15 +1,19 @@
 """Can the tiny VLM's vision encoder, trained from scratch, see where the phantom stands? A supervised check of the
 vision path alone, apart from the policy.
 
-    python -m benchmarks.bench_vision_localization --episodes DIR --held_out DIR [--preset tiny-vision]
-           [--frames 10] [--steps 2000] [--cameras side_camera tool_camera top_camera] [--image_side 64]
+    python -m benchmarks.bench_vision_localization (--episodes DIR | --render N [--phantom_* ...]) --held_out DIR
+           [--preset tiny-vision] [--frames 10] [--steps 2000] [--cameras side_camera tool_camera top_camera]
+           [--image_side 64]
 
 The vision encoder and connector of a `insertion_vla.tiny_vlm` preset (the SmolVLM2 architecture, random weights,
 as the policy starts them), one shared encoder for every camera as in SmolVLA, with a linear head on the image
 tokens, are trained to regress the phantom's offset (dx, dy in mm, yaw in deg: the episode files' attributes) from
 the first `--frames` frames of each episode, seen as the policy sees them (resized with padding to
 `--image_side` squared, 64x64 as in the benchmark tiers, scaled to [-1, 1]). Use home-start collections (no
---start_joint_range_deg): then the offset is what the images show.
+--start_joint_range_deg): then the offset is what the images show. Or, to ask how the error falls with the
+number of placements without collecting whole demonstrations, `--render N`: N placements straight from the
+simulator, frame 0 of each (the observation after reset, JPEG-coded as an episode records it; base seed 9000, none of the
+tiers' collections'), placed and randomized by sim.collect's flags (pass the held-out episodes' range).
 
 Prints, every 250 steps, the error on the held-out episodes' first frame next to the spread of their offsets (the
 error of a blind guess: the mean offset). An encoder that cannot get well under the spread here cannot give the
@@ -27,12 +31,22 @@ from transformers import AutoConfig
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
 from benchmarks.measure import load_average, machine, print_table
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
 from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.tiny_vlm import build_tiny_vlm
+from sim.env import NeedleInsertionEnv
+from sim.randomization import add_randomization_args, randomization_from_args
 from sim.scene import CAMERA_NAMES
+from sim.seeding import episode_seed
 
 OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # attributes in m, m, rad -> mm, mm, deg
+RENDER_BASE_SEED = 9000  # sim.seeding base seed of --render: not the tiers' collection (0), evaluation (1000), probe (5000)
+
+
+def as_tensors(images: list, offsets: list) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = torch.from_numpy(np.array(images)).permute(0, 1, 2, 5, 3, 4).float() / 127.5 - 1.0
+    return pixels, torch.tensor(offsets, dtype=torch.float32) * torch.tensor(OFFSET_UNITS, dtype=torch.float32)
 
 
 def load_frames(folder: Path, cameras: tuple, frames: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +60,22 @@ def load_frames(folder: Path, cameras: tuple, frames: int, side: int) -> tuple[t
             attrs = episode.attrs
         images.append(np.array(shown))
         offsets.append([attrs["phantom_dx"], attrs["phantom_dy"], attrs["phantom_yaw"]])
-    pixels = torch.from_numpy(np.array(images)).permute(0, 1, 2, 5, 3, 4).float() / 127.5 - 1.0
-    return pixels, torch.tensor(offsets, dtype=torch.float32) * torch.tensor(OFFSET_UNITS, dtype=torch.float32)
+    return as_tensors(images, offsets)
+
+
+def render_frames(count: int, args, cameras: tuple, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame 0 of `count` placements from the simulator -> the shapes of load_frames, one frame each."""
+    phantom, dr = randomization_from_args(args)
+    env = NeedleInsertionEnv(width=args.width, height=args.height, phantom=phantom, dr=dr)
+    images, offsets = [], []
+    for index in tqdm(range(count), desc="render", unit="placement", dynamic_ncols=True, leave=False):
+        observation, info = env.reset(seed=episode_seed(RENDER_BASE_SEED, index))
+        # Through the collector's JPEG round trip, so that these frames are the recorded ones.
+        shown = [decode_jpeg(encode_jpeg(observation["images"][name], DEFAULT_JPEG_QUALITY)) for name in cameras]
+        images.append([[resize_with_pad(image, side, side) for image in shown]])
+        offsets.append([info["scene_params"][key] for key in ("phantom_dx", "phantom_dy", "phantom_yaw")])
+    env.close()
+    return as_tensors(images, offsets)
 
 
 class Localizer(torch.nn.Module):
@@ -69,7 +97,10 @@ class Localizer(torch.nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=Path, required=True, help="home-start placed episodes to train on")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--episodes", type=Path, help="home-start placed episodes to train on")
+    source.add_argument("--render", type=int, metavar="N",
+                        help="train on frame 0 of N placements rendered by the simulator instead (see above)")
     parser.add_argument("--held_out", type=Path, required=True, help="other episodes of the same kind, to test on")
     parser.add_argument("--preset", default="tiny-vision", help="insertion_vla.tiny_vlm preset (default: %(default)s)")
     parser.add_argument("--cameras", nargs="+", default=list(CAMERA_NAMES), help="cameras seen (default: all three)")
@@ -82,6 +113,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, cosine decay (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--tmp_dir", type=Path, default=Path("/tmp"), help="where the VLM config is written")
+    parser.add_argument("--width", type=int, default=128, help="--render: render width (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=96, help="--render: render height (default: %(default)s)")
+    add_randomization_args(parser)
     args = parser.parse_args()
 
     vlm_dir = build_tiny_vlm(args.tmp_dir / f"vision_localization_{args.preset}", args.preset)
@@ -93,7 +127,10 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     cameras = tuple(args.cameras)
-    train_images, train_offsets = load_frames(args.episodes, cameras, args.frames, args.image_side)
+    if args.render:
+        train_images, train_offsets = render_frames(args.render, args, cameras, args.image_side)
+    else:
+        train_images, train_offsets = load_frames(args.episodes, cameras, args.frames, args.image_side)
     test_images, test_offsets = load_frames(args.held_out, cameras, 1, args.image_side)
     train_images, train_offsets = train_images.flatten(0, 1), train_offsets.repeat_interleave(train_images.shape[1], 0)
     test_images = test_images[:, 0]
@@ -103,7 +140,7 @@ def main() -> None:
     model = Localizer(vlm_config, len(cameras), args.image_side)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
-    print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {args.episodes}, "
+    print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {args.episodes or 'the simulator'}, "
           f"{len(test_offsets)} held-out episodes from {args.held_out}; cameras {', '.join(cameras)}; {args.preset}; "
           f"{args.image_side}x{args.image_side} images")
 
