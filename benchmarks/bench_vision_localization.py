@@ -12,8 +12,9 @@ the first `--frames` frames of each episode, seen as the policy sees them (resiz
 `--image_side` squared, 64x64 as in the benchmark tiers, scaled to [-1, 1]). Use home-start collections (no
 --start_joint_range_deg): then the offset is what the images show. Or, to ask how the error falls with the
 number of placements without collecting whole demonstrations, `--render N`: N placements straight from the
-simulator, frame 0 of each (the observation after reset, JPEG-coded as an episode records it; base seed 9000, none of the
-tiers' collections'), placed and randomized by sim.collect's flags (pass the held-out episodes' range).
+simulator, frame 0 of each (the observation after reset, JPEG-coded as an episode records it; base seed 9000,
+none of the tiers' collections'), placed and randomized by sim.collect's flags (pass the held-out episodes'
+range; with --episodes those flags and --width/--height are not used).
 
 Prints, every 250 steps, the error on the held-out episodes' first frame next to the spread of their offsets (the
 error of a blind guess: the mean offset). An encoder that cannot get well under the spread here cannot give the
@@ -140,7 +141,8 @@ def main() -> None:
     model = Localizer(vlm_config, len(cameras), args.image_side)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
-    print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {args.episodes or 'the simulator'}, "
+    trained_on = args.episodes or "the simulator"
+    print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {trained_on}, "
           f"{len(test_offsets)} held-out episodes from {args.held_out}; cameras {', '.join(cameras)}; {args.preset}; "
           f"{args.image_side}x{args.image_side} images")
 

@@ -30,13 +30,17 @@ from sim.randomization import add_randomization_args, randomization_from_args  #
 from sim.scene import CAMERA_NAMES  # noqa: E402
 
 
+def focal_length_px(model, camera: str, height: int) -> float:
+    """Pinhole focal length in render pixels (MuJoCo's fovy is vertical)."""
+    return (height / 2) / np.tan(np.radians(model.cam_fovy[model.camera(camera).id]) / 2)
+
+
 def project(model, data, camera: str, point: np.ndarray, height: int) -> tuple[np.ndarray, float]:
     """-> (pixel offset from the image centre (x right, y up) in render pixels, depth in m)."""
     cam = model.camera(camera).id
     rel = data.cam_xmat[cam].reshape(3, 3).T @ (point - data.cam_xpos[cam])  # camera frame: looks along -z
     depth = -rel[2]
-    focal = (height / 2) / np.tan(np.radians(model.cam_fovy[cam]) / 2)
-    return focal * rel[:2] / depth, depth
+    return focal_length_px(model, camera, height) * rel[:2] / depth, depth
 
 
 def main() -> None:
@@ -74,8 +78,7 @@ def main() -> None:
     for (camera, pose), values in seen.items():
         values = np.array(values)
         in_view = (np.abs(values[:, 0]) < half_width) & (np.abs(values[:, 1]) < half_height) & (values[:, 2] > 0)
-        fovy = env.model.cam_fovy[env.model.camera(camera).id]
-        mm_per_pixel = 2 * values[:, 2].mean() * np.tan(np.radians(fovy) / 2) / (args.height * to_policy) * 1000
+        mm_per_pixel = values[:, 2].mean() * 1000 / (focal_length_px(env.model, camera, args.height) * to_policy)
         rows.append([camera, pose, f"{values[:, 2].mean() * 1000:.0f}", f"{mm_per_pixel:.2f}",
                      f"{values[:, 0].mean():+.1f}, {values[:, 1].mean():+.1f}", f"{values[:, 0].std():.2f}",
                      f"{values[:, 1].std():.2f}", f"{in_view.mean():.0%}"])
