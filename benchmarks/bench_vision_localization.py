@@ -119,6 +119,9 @@ def main() -> None:
     add_randomization_args(parser)
     args = parser.parse_args()
 
+    if args.render is not None and args.render < 2:
+        parser.error(f"--render {args.render}: at least 2 placements are needed (the offsets are normalized by "
+                     "their spread), e.g. --render 160")
     vlm_dir = build_tiny_vlm(args.tmp_dir / f"vision_localization_{args.preset}", args.preset)
     vlm_config = AutoConfig.from_pretrained(vlm_dir)
     unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
@@ -128,7 +131,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     cameras = tuple(args.cameras)
-    if args.render:
+    if args.render is not None:
         train_images, train_offsets = render_frames(args.render, args, cameras, args.image_side)
     else:
         train_images, train_offsets = load_frames(args.episodes, cameras, args.frames, args.image_side)
