@@ -7,7 +7,7 @@ Every phase is the toolkit's own command line (sim.collect, compute_dataset_stat
 train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file only chooses settings.
 Tiers differ in where the eye phantom stands (domain randomization is the collector's default, all on), and in
 the settings that TIERS below gives each (demonstrations, steps, the collector's hold, perturbation and start
-range, the VLM):
+range, the VLM and whether its image path is pretrained on rendered placements first):
   fixed   the phantom always at its nominal place;
   narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
   full    the collector's default placement.
@@ -50,6 +50,7 @@ class Tier:
     collect: dict = field(default_factory=dict)  # further sim.collect flags
     train: dict = field(default_factory=dict)  # train_smolvla_sim.py overrides beyond BASE_TRAIN
     vlm_preset: str = "tiny"  # python -m insertion_vla.tiny_vlm --preset
+    pretrain_vision: dict | None = None  # python -m insertion_vla.vision_pretrain flags; None: the VLM stays random
 
 
 # What every tier trains with: train_config_smolvla_demo.yaml (the tiny VLM at 64x64 on CPU) changed where the
@@ -76,12 +77,16 @@ SEEING = {"policy.freeze_vision_encoder": False, "policy.train_expert_only": Fal
 # blind guess does, but by 1.0-1.4 mm from later recorded frames (benchmarks/probe_vision.py); closed loop 0/20 at
 # 10.4 mm. Starts within +/-5 deg per joint (tip spread 7-16 mm, the placement's 6 mm): 0/20 at 6.4 mm.
 RECOVERING = {"hold_seconds": 2, "perturb_std": 0.002, "start_joint_range_deg": 5}
+# The vision encoder's error on the placement falls with the number of placements it sees (1280 rendered: 1.4 mm,
+# 160: 3.3 mm): pretrain it on rendered first frames before the policy trains (insertion_vla.vision_pretrain).
+PRETRAIN_VISION = {"placements": 2500, "steps": 2500}
 TIERS = {
     "fixed": Tier(placement={"phantom_x_range": 0, "phantom_y_min": 0, "phantom_y_max": 0, "phantom_yaw_range_deg": 0},
                   episodes=24, steps=5000, collect={"hold_seconds": 2}),
     "narrow": Tier(placement={"phantom_x_range": 0.01, "phantom_y_min": -0.01, "phantom_y_max": 0.01,
                               "phantom_yaw_range_deg": 5},
-                   episodes=160, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision"),
+                   episodes=160, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision",
+                   pretrain_vision=PRETRAIN_VISION),
     "full": Tier(placement={}, episodes=160, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision"),
 }
 
@@ -178,6 +183,7 @@ def main(argv=None):
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
         f"--evaluation.freq={steps // 4}", *flags(BASE_TRAIN), *flags(tier.train),
+        *(["--policy.load_vlm_weights=true"] if tier.pretrain_vision is not None else []),
         # the evaluations during training execute chunks as the final one does
         *([f"--evaluation.temporal_ensemble_coeff={args.temporal_ensemble_coeff}"]
           if args.temporal_ensemble_coeff is not None else []),
@@ -192,6 +198,10 @@ def main(argv=None):
                               "--workers", args.workers, *collect_flags], timings)
         run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
         run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm, "--preset", tier.vlm_preset], timings)
+        if tier.pretrain_vision is not None:  # the placements the tier's demonstrations are drawn from
+            render = {**COLLECT, **tier.placement, "start_joint_range_deg": tier.collect.get("start_joint_range_deg", 0)}
+            run_phase("pretrain vision", [PYTHON, "-m", "insertion_vla.vision_pretrain", vlm, "--workers", args.workers,
+                                          *flags({**render, **tier.pretrain_vision})], timings)
         run_phase("train", [PYTHON, "train_smolvla_sim.py", "--config", config, *train_overrides], timings)
 
     finals = {}
@@ -211,6 +221,7 @@ def main(argv=None):
     evaluations = training_evaluations(run_dir)
     summary = {
         "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps, "vlm_preset": tier.vlm_preset,
+        "pretrain_vision": tier.pretrain_vision,
         "collect_flags": collect_flags, "train_overrides": train_overrides, "eval_seed": args.eval_seed,
         "phase_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
         "loss_start": loss[0][1], "loss_end": loss[-1][1],

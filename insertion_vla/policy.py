@@ -121,6 +121,8 @@ def build_policy(
             check_every_weight_loaded(policy, pretrained)
         else:
             policy = SmolVLAPolicy(config).to(config.device).eval()
+            if config.load_vlm_weights and torch.device(config.device).type == "cpu":
+                reload_vlm_in_float32(policy, config.vlm_model_name)
         preprocessor, postprocessor = make_smolvla_pre_post_processors(config, dataset_stats=lerobot_stats)
     except (OSError, ValueError) as err:  # transformers/huggingface_hub report a missing repo or no network so
         if not hub_names:
@@ -130,6 +132,22 @@ def build_policy(
     freeze_unreached_vlm_layers(policy)
     set_attention(policy, attention)
     return policy, preprocessor, postprocessor
+
+
+def reload_vlm_in_float32(policy: SmolVLAPolicy, vlm_name: str) -> None:
+    """lerobot loads the VLM's own weights in bfloat16 (SmolVLMWithExpertModel). A CPU has no fast bfloat16 matmul,
+    the rounding costs a pretrained encoder its last digits (insertion_vla.vision_pretrain), and AdamW's small late
+    updates fall below bfloat16's 8 significant bits: on CPU the policy runs in float32, the VLM's weights loaded
+    again as the file has them."""
+    from transformers import AutoModelForImageTextToText
+
+    policy.float()
+    source = AutoModelForImageTextToText.from_pretrained(vlm_name, dtype=torch.float32)
+    # The file may have more text layers than policy.num_vlm_layers keeps: those are unexpected, never missing.
+    missing, _ = policy.model.vlm_with_expert.vlm.load_state_dict(source.state_dict(), strict=False)
+    if missing:
+        raise UserError(f"policy.vlm_model_name={vlm_name!r}: {len(missing)} weights of the VLM are not in its files "
+                        f"({missing[:8]}); give a VLM of this architecture, or set policy.load_vlm_weights: false")
 
 
 def check_every_weight_loaded(policy: SmolVLAPolicy, pretrained: str) -> None:

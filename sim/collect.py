@@ -187,7 +187,7 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
         )
 
 
-def _one_render_thread() -> None:
+def single_render_thread() -> None:
     # a module-level function: spawn pickles the initializer, and os.environ's bound methods do not pickle
     os.environ.setdefault("LP_NUM_THREADS", "1")
 
@@ -207,7 +207,7 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
         pool = None
     else:
         # llvmpipe renders with one thread per core by default; with one process per core, one each is faster.
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), initializer=_one_render_thread)
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), initializer=single_render_thread)
         results = pool.imap_unordered(_collect_in_worker, [(index, settings) for index in todo])
     try:
         for outcome in results:

@@ -1,0 +1,246 @@
+"""Pretrain a tiny VLM's image path to see where the phantom stands, on frames rendered by the simulator.
+
+    python -m insertion_vla.vision_pretrain VLM_DIR --placements 3000 [--steps 3000] [--start_joint_range_deg 5]
+           [--phantom_* ...] [--workers 2]                 # then: --policy.vlm_model_name=VLM_DIR
+                                                            #       --policy.load_vlm_weights=true
+
+Why: on CPU the tiny VLM's vision encoder starts random and must learn from the demonstrations alone, and each
+demonstration is one placement of the phantom. A placement seen at the policy's 64x64 moves the trocar by less
+than a pixel (benchmarks/camera_scale.py), and the encoder's error falls with the number of distinct placements:
+160 of them give 3.3 mm, 1280 give 1.4 mm (benchmarks/README.md, "Does it learn?"). A demonstration costs
+about 10 s to collect; the first frame of a placement, rendered, a fraction of a second.
+
+What: N placements are drawn as the collector draws them (the same --phantom_* and randomization flags; base seed
+9000, none of the collections' or evaluations'), each rendered once at its start pose (the arm's start within
+--start_joint_range_deg, as sim.collect's) and passed through the recorder's JPEG round trip. SmolVLA's image
+path (the VLM's vision encoder and connector, one for every camera as SmolVLA shares it) is trained with a linear
+head to regress the placement (dx, dy in mm, yaw in deg). The VLM in VLM_DIR (from `python -m
+insertion_vla.tiny_vlm`) then gets weights: the trained image path, its text model random as lerobot would start
+it, written as model.safetensors beside a pretraining.json of the settings and held-out errors. The policy loads
+them with `policy.load_vlm_weights: true`; leave the vision encoder trainable (freeze_vision_encoder false) or
+frozen as the run needs.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoConfig, SmolVLMForConditionalGeneration
+from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
+
+from episode_format.atomic import atomic_write_text
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
+from insertion_vla.dataset import resize_with_pad
+from sim.collect import single_render_thread
+from sim.env import NeedleInsertionEnv
+from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
+from sim.scene import CAMERA_NAMES
+from sim.seeding import episode_seed
+
+RENDER_BASE_SEED = 9000  # sim.seeding base seed: not the tiers' collection (0), evaluation (1000), probe (5000)
+HELD_OUT_BASE_SEED = 9001
+OFFSET_KEYS = ("phantom_dx", "phantom_dy", "phantom_yaw")
+OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # m, m, rad -> mm, mm, deg
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    phantom: PhantomPlacement
+    dr: DomainRandomization | None
+    start_joint_range_deg: float = 0.0
+    width: int = 128
+    height: int = 96
+    side: int = 64  # the policy's square image
+    cameras: tuple[str, ...] = tuple(CAMERA_NAMES)
+
+
+def placement_offsets(attrs: dict) -> list[float]:
+    """A placement's (dx, dy, yaw) in mm, mm, deg, from an episode's attributes or the env's scene_params."""
+    return [float(attrs[key]) * unit for key, unit in zip(OFFSET_KEYS, OFFSET_UNITS)]
+
+
+_worker_env: tuple[RenderSettings, NeedleInsertionEnv] | None = None  # one env per process
+
+
+def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray, list[float]]:
+    """Placement `index` of base seed `base_seed` -> (images (cameras, 3, side, side) uint8, offsets)."""
+    global _worker_env
+    base_seed, index, settings = task
+    if _worker_env is None or _worker_env[0] != settings:
+        env = NeedleInsertionEnv(width=settings.width, height=settings.height, phantom=settings.phantom,
+                                 dr=settings.dr, start_joint_range_deg=settings.start_joint_range_deg)
+        _worker_env = (settings, env)
+    observation, info = _worker_env[1].reset(seed=episode_seed(base_seed, index))
+    # Through the recorder's JPEG round trip, so that these frames are the recorded ones.
+    images = [resize_with_pad(decode_jpeg(encode_jpeg(observation["images"][name], DEFAULT_JPEG_QUALITY)),
+                              settings.side, settings.side) for name in settings.cameras]
+    return np.stack(images).transpose(0, 3, 1, 2), placement_offsets(info["scene_params"])
+
+
+def render_placements(count: int, settings: RenderSettings, *, base_seed: int = RENDER_BASE_SEED,
+                      workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame 0 of `count` placements -> images (count, cameras, 3, side, side) uint8, offsets (count, 3)."""
+    tasks = [(base_seed, index, settings) for index in range(count)]
+    pool = None
+    if workers > 1 and count > 1:
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, count), initializer=single_render_thread)
+    results = pool.imap(render_placement, tasks, chunksize=8) if pool else map(render_placement, tasks)
+    try:
+        rendered = list(tqdm(results, total=count, desc="render", unit="placement", dynamic_ncols=True, leave=False))
+    finally:
+        if pool is not None:
+            pool.terminate()
+    images, offsets = zip(*rendered)
+    return torch.from_numpy(np.stack(images)), torch.tensor(offsets, dtype=torch.float32)
+
+
+def as_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> [-1, 1], as SmolVLA scales them."""
+    return images.float() / 127.5 - 1.0
+
+
+class Localizer(torch.nn.Module):
+    """SmolVLA's image path (vision encoder, then the pixel-shuffle connector), every camera's tokens into a linear
+    head."""
+
+    def __init__(self, vlm_config, cameras: int, side: int):
+        super().__init__()
+        self.vision = SmolVLMVisionTransformer(vlm_config.vision_config)
+        self.connector = SmolVLMConnector(vlm_config)
+        tokens = (side // vlm_config.vision_config.patch_size) ** 2 // vlm_config.scale_factor**2
+        self.head = torch.nn.Linear(cameras * tokens * vlm_config.text_config.hidden_size, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, cameras, 3, H, W) in [-1, 1] -> (B, 3)
+        batch = images.shape[0]
+        tokens = self.connector(self.vision(pixel_values=images.flatten(0, 1)).last_hidden_state)
+        return self.head(tokens.reshape(batch, -1))
+
+
+def train_localizer(model: Localizer, images: torch.Tensor, offsets: torch.Tensor, *, steps: int, batch_size: int,
+                    lr: float, seed: int, evaluate=None, every: int = 250) -> list:
+    """AdamW with cosine decay on the offsets normalized by their mean and std. `evaluate(step, loss, predict)`
+    runs every `every` steps and at the end (predict: images -> offsets in mm, mm, deg); returns its results."""
+    mean, std = offsets.mean(0), offsets.std(0)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        return model(as_pixels(batch)) * std + mean
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator, results = torch.Generator().manual_seed(seed), []
+    model.train()
+    for step in tqdm(range(1, steps + 1), desc="train", unit="step", dynamic_ncols=True, leave=False):
+        index = torch.randint(len(offsets), (batch_size,), generator=generator)
+        loss = torch.nn.functional.mse_loss(model(as_pixels(images[index])), (offsets[index] - mean) / std)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if evaluate is not None and (step % every == 0 or step == steps):
+            model.eval()
+            with torch.no_grad():
+                results.append(evaluate(step, loss.item(), predict))
+            model.train()
+    return results
+
+
+def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict) -> None:
+    """Give the VLM in vlm_dir weights: the trained image path, the rest as SmolVLM starts it. Atomic: the files
+    are written into a copy of the folder, which then replaces it."""
+    vlm = SmolVLMForConditionalGeneration(AutoConfig.from_pretrained(vlm_dir))
+    vlm.model.vision_model.load_state_dict(model.vision.state_dict())
+    vlm.model.connector.load_state_dict(model.connector.state_dict())
+    tmp_dir = vlm_dir.with_name(f"{vlm_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    shutil.copytree(vlm_dir, tmp_dir)
+    vlm.save_pretrained(tmp_dir)  # model.safetensors (float32) and the same config.json
+    atomic_write_text(tmp_dir / "pretraining.json", json.dumps(record, indent=2))
+    old_dir = vlm_dir.with_name(f"{vlm_dir.name}.old-{os.getpid()}")
+    os.replace(vlm_dir, old_dir)
+    os.replace(tmp_dir, vlm_dir)
+    shutil.rmtree(old_dir)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m insertion_vla.vision_pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("vlm_dir", type=Path, help="a VLM from `python -m insertion_vla.tiny_vlm` (given weights)")
+    parser.add_argument("--placements", type=int, default=3000, help="rendered placements to train on (default: %(default)s)")
+    parser.add_argument("--held_out", type=int, default=100,
+                        help="placements of another seed, to measure the error on (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=32, help="default: %(default)s")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, cosine decay (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed of the weights and batches (default: %(default)s)")
+    parser.add_argument("--image_side", type=int, default=64,
+                        help="images resized with padding to this square: the policy's resize_imgs_with_padding "
+                             "(default: %(default)s)")
+    parser.add_argument("--width", type=int, default=128, help="render width, as sim.collect's (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=96, help="render height, as sim.collect's (default: %(default)s)")
+    parser.add_argument("--start_joint_range_deg", type=float, default=0.0,
+                        help="each joint's start within +/- this of home, as sim.collect's (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
+    add_randomization_args(parser)
+    args = parser.parse_args(argv)
+    if not (args.vlm_dir / "config.json").is_file():
+        parser.error(f"{args.vlm_dir} has no config.json: write a tiny VLM there first, e.g. "
+                     f"`python -m insertion_vla.tiny_vlm {args.vlm_dir} --preset tiny-vision`")
+    if min(args.placements, args.held_out) < 2:
+        parser.error(f"--placements {args.placements} / --held_out {args.held_out}: at least 2 each (the offsets are "
+                     "normalized by their spread), e.g. --placements 3000 --held_out 100")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    vlm_config = AutoConfig.from_pretrained(args.vlm_dir)
+    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
+    if args.image_side % unit:
+        raise SystemExit(f"error: --image_side {args.image_side} is not a multiple of {unit} (the patch size x scale "
+                         f"factor of {args.vlm_dir}): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
+    phantom, dr = randomization_from_args(args)
+    settings = RenderSettings(phantom=phantom, dr=dr, start_joint_range_deg=args.start_joint_range_deg,
+                              width=args.width, height=args.height, side=args.image_side)
+    started = time.perf_counter()
+    images, offsets = render_placements(args.placements, settings, workers=args.workers)
+    test_images, test_offsets = render_placements(args.held_out, settings, base_seed=HELD_OUT_BASE_SEED,
+                                                  workers=args.workers)
+    render_seconds = time.perf_counter() - started
+    blind = (test_offsets - offsets.mean(0)).abs().mean(0)
+    print(f"rendered {args.placements} + {args.held_out} held-out placements in {render_seconds:.0f} s; a blind guess "
+          f"misses by dx {blind[0]:.2f} mm, dy {blind[1]:.2f} mm, yaw {blind[2]:.2f} deg")
+
+    torch.manual_seed(args.seed)
+    model = Localizer(vlm_config, len(settings.cameras), args.image_side)
+
+    def evaluate(step, loss, predict):
+        error = (predict(test_images) - test_offsets).abs().mean(0)
+        tqdm.write(f"step {step}: train loss {loss:.3f} (normalized), held-out error dx {error[0]:.2f} mm, "
+                   f"dy {error[1]:.2f} mm, yaw {error[2]:.2f} deg")
+        return {"step": step, "train_loss": loss, "dx_mm": error[0].item(), "dy_mm": error[1].item(),
+                "yaw_deg": error[2].item()}
+
+    started = time.perf_counter()
+    errors = train_localizer(model, images, offsets, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, evaluate=evaluate)
+    record = {"settings": {**{k: v for k, v in vars(args).items() if k != "vlm_dir"}, **asdict(settings),
+                           "render_base_seed": RENDER_BASE_SEED, "held_out_base_seed": HELD_OUT_BASE_SEED},
+              "blind_error": {"dx_mm": blind[0].item(), "dy_mm": blind[1].item(), "yaw_deg": blind[2].item()},
+              "held_out_errors": errors, "render_seconds": round(render_seconds, 1),
+              "train_seconds": round(time.perf_counter() - started, 1)}
+    write_vlm_weights(model, args.vlm_dir, json.loads(json.dumps(record, default=str)))
+    print(f"wrote the pretrained image path into {args.vlm_dir / WEIGHTS_FILE} (use it with "
+          f"--policy.vlm_model_name={args.vlm_dir} --policy.load_vlm_weights=true)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""insertion_vla.vision_pretrain end to end: placements rendered by MuJoCo, SmolVLA's image path trained on them and
+written into a tiny VLM's folder, and a real SmolVLAPolicy that loads it with policy.load_vlm_weights."""
+
+import json
+
+import pytest
+import torch
+from fixtures_policy import CAMERA_KEYS, make_policy_cfg
+from safetensors import safe_open
+
+from insertion_vla.policy import build_policy
+from insertion_vla.tiny_vlm import build_tiny_vlm
+from insertion_vla.vision_pretrain import WEIGHTS_FILE, main
+
+PLACEMENT = ["--phantom_x_range", "0.01", "--phantom_y_min", "-0.01", "--phantom_y_max", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def pretrained_vlm(tmp_path_factory):
+    vlm_dir = build_tiny_vlm(tmp_path_factory.mktemp("pretrain") / "vlm", "tiny-vision")
+    main([str(vlm_dir), "--placements", "3", "--held_out", "2", "--steps", "2", "--workers", "1", "--width", "64",
+          "--height", "48", *PLACEMENT])
+    return vlm_dir
+
+
+def image_path_weights(vlm_dir) -> dict:
+    with safe_open(str(vlm_dir / WEIGHTS_FILE), framework="pt") as f:
+        return {key: f.get_tensor(key) for key in f.keys() if ".vision_model." in key or ".connector." in key}
+
+
+def vlm_weights(vlm_dir, load: bool) -> dict:
+    torch.manual_seed(1)
+    cfg = make_policy_cfg(vlm_dir, load_vlm_weights=load, freeze_vision_encoder=False, train_expert_only=False)
+    policy, _, _ = build_policy(cfg, state_dim=13, action_dim=6, camera_keys=CAMERA_KEYS, stats=None)
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}  # lerobot loads a VLM in bfloat16
+    return policy.model.vlm_with_expert.vlm.state_dict()
+
+
+def test_the_policy_starts_from_the_pretrained_image_path(pretrained_vlm):
+    saved = image_path_weights(pretrained_vlm)
+    assert len(saved) > 10  # the encoder's layers and the connector, not a stray tensor or two
+    loaded = vlm_weights(pretrained_vlm, load=True)
+    assert sorted(saved) == sorted(k for k in loaded if k in saved)
+    for key, tensor in saved.items():
+        torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0, msg=key)
+    # Negative control: without load_vlm_weights the same folder gives a random image path.
+    random = vlm_weights(pretrained_vlm, load=False)
+    assert not any(torch.equal(random[key], tensor) for key, tensor in saved.items() if tensor.ndim == 2)
+
+
+def test_pretraining_records_its_settings_and_errors(pretrained_vlm):
+    record = json.loads((pretrained_vlm / "pretraining.json").read_text())
+    assert record["settings"]["placements"] == 3 and record["settings"]["phantom"]["x_range"] == 0.01
+    assert [e["step"] for e in record["held_out_errors"]] == [2]
+    assert all(e["dx_mm"] >= 0 for e in record["held_out_errors"])
+
+
+def test_a_folder_without_a_vlm_is_refused_with_the_command_that_makes_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    assert "python -m insertion_vla.tiny_vlm" in capsys.readouterr().err
