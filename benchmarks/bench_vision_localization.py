@@ -5,15 +5,15 @@ vision path alone, apart from the policy.
            [--preset tiny-vision] [--frames 10] [--steps 2000] [--cameras side_camera tool_camera top_camera]
            [--image_side 64]
 
-The vision encoder and connector of a `insertion_vla.tiny_vlm` preset (the SmolVLM2 architecture, random weights,
-as the policy starts them), one shared encoder for every camera as in SmolVLA, with a linear head on the image
-tokens, are trained to regress the phantom's offset (dx, dy in mm, yaw in deg: the episode files' attributes) from
+insertion_vla.vision_pretrain's Localizer (the vision encoder and connector of a `insertion_vla.tiny_vlm` preset,
+random weights as the policy starts them, one shared encoder for every camera as in SmolVLA, a linear head on the
+image tokens) is trained to regress the phantom's offset (dx, dy in mm, yaw in deg: the episode files' attributes) from
 the first `--frames` frames of each episode, seen as the policy sees them (resized with padding to
 `--image_side` squared, 64x64 as in the benchmark tiers, scaled to [-1, 1]). Use home-start collections (no
 --start_joint_range_deg): then the offset is what the images show. Or, to ask how the error falls with the
 number of placements without collecting whole demonstrations, `--render N`: N placements straight from the
-simulator, frame 0 of each (the observation after reset, JPEG-coded as an episode records it; base seed 9000,
-none of the tiers' collections'), placed and randomized by sim.collect's flags (pass the held-out episodes'
+simulator as insertion_vla.vision_pretrain renders them (frame 0 of each, JPEG-coded as an episode records it;
+base seed 9000), placed and randomized by sim.collect's flags (pass the held-out episodes'
 range; with --episodes those flags and --width/--height are not used).
 
 Prints, every 250 steps, the error on the held-out episodes' first frame next to the spread of their offsets (the
@@ -27,73 +27,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import AutoConfig
-from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
 from benchmarks.measure import load_average, machine, print_table
-from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
 from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.tiny_vlm import build_tiny_vlm
-from sim.env import NeedleInsertionEnv
+from insertion_vla.vision_pretrain import (
+    Localizer,
+    RenderSettings,
+    placement_offsets,
+    render_placements,
+    train_localizer,
+)
 from sim.randomization import add_randomization_args, randomization_from_args
 from sim.scene import CAMERA_NAMES
-from sim.seeding import episode_seed
-
-OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # attributes in m, m, rad -> mm, mm, deg
-RENDER_BASE_SEED = 9000  # sim.seeding base seed of --render: not the tiers' collection (0), evaluation (1000), probe (5000)
-
-
-def as_tensors(images: list, offsets: list) -> tuple[torch.Tensor, torch.Tensor]:
-    pixels = torch.from_numpy(np.array(images)).permute(0, 1, 2, 5, 3, 4).float() / 127.5 - 1.0
-    return pixels, torch.tensor(offsets, dtype=torch.float32) * torch.tensor(OFFSET_UNITS, dtype=torch.float32)
 
 
 def load_frames(folder: Path, cameras: tuple, frames: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> images (episodes, frames, cameras, 3, side, side) in [-1, 1], offsets (episodes, 3) in mm, mm, deg."""
+    """-> images (episodes, frames, cameras, 3, side, side) uint8, offsets (episodes, 3) in mm, mm, deg."""
     keys = EpisodeKeys(cameras={name: name for name in cameras}, state_keys=("observations/qpos",))
     images, offsets = [], []
     for path in discover_episodes(folder, source="--episodes"):
         with open_episode(path, keys) as episode:
             shown = [[resize_with_pad(episode.read_image(name, t), side, side) for name in cameras]
                      for t in range(min(frames, episode.length))]
-            attrs = episode.attrs
-        images.append(np.array(shown))
-        offsets.append([attrs["phantom_dx"], attrs["phantom_dy"], attrs["phantom_yaw"]])
-    return as_tensors(images, offsets)
-
-
-def render_frames(count: int, args, cameras: tuple, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame 0 of `count` placements from the simulator -> the shapes of load_frames, one frame each."""
-    phantom, dr = randomization_from_args(args)
-    env = NeedleInsertionEnv(width=args.width, height=args.height, phantom=phantom, dr=dr)
-    images, offsets = [], []
-    for index in tqdm(range(count), desc="render", unit="placement", dynamic_ncols=True, leave=False):
-        observation, info = env.reset(seed=episode_seed(RENDER_BASE_SEED, index))
-        # Through the collector's JPEG round trip, so that these frames are the recorded ones.
-        shown = [decode_jpeg(encode_jpeg(observation["images"][name], DEFAULT_JPEG_QUALITY)) for name in cameras]
-        images.append([[resize_with_pad(image, side, side) for image in shown]])
-        offsets.append([info["scene_params"][key] for key in ("phantom_dx", "phantom_dy", "phantom_yaw")])
-    env.close()
-    return as_tensors(images, offsets)
-
-
-class Localizer(torch.nn.Module):
-    """SmolVLA's image path (vision encoder, then the pixel-shuffle connector), every camera's tokens into a linear
-    head."""
-
-    def __init__(self, vlm_config, cameras: int, side: int):
-        super().__init__()
-        self.vision = SmolVLMVisionTransformer(vlm_config.vision_config)
-        self.connector = SmolVLMConnector(vlm_config)
-        tokens = (side // vlm_config.vision_config.patch_size) ** 2 // vlm_config.scale_factor**2
-        self.head = torch.nn.Linear(cameras * tokens * vlm_config.text_config.hidden_size, 3)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, cameras, 3, H, W) -> (B, 3)
-        batch, cameras = images.shape[:2]
-        tokens = self.connector(self.vision(pixel_values=images.flatten(0, 1)).last_hidden_state)
-        return self.head(tokens.reshape(batch, -1))
+            offsets.append(placement_offsets(episode.attrs))
+        images.append(np.array(shown).transpose(0, 1, 4, 2, 3))
+    return torch.from_numpy(np.array(images)), torch.tensor(offsets, dtype=torch.float32)
 
 
 def main() -> None:
@@ -129,45 +90,35 @@ def main() -> None:
         parser.error(f"--image_side {args.image_side} is not a multiple of {unit} (the {args.preset} preset's patch "
                      f"size x scale factor): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
 
-    torch.manual_seed(args.seed)
     cameras = tuple(args.cameras)
     if args.render is not None:
-        train_images, train_offsets = render_frames(args.render, args, cameras, args.image_side)
+        phantom, dr = randomization_from_args(args)
+        settings = RenderSettings(phantom=phantom, dr=dr, width=args.width, height=args.height,
+                                  side=args.image_side, cameras=cameras)
+        train_images, train_offsets = render_placements(args.render, settings)
     else:
         train_images, train_offsets = load_frames(args.episodes, cameras, args.frames, args.image_side)
+        train_offsets = train_offsets.repeat_interleave(train_images.shape[1], 0)
+        train_images = train_images.flatten(0, 1)
     test_images, test_offsets = load_frames(args.held_out, cameras, 1, args.image_side)
-    train_images, train_offsets = train_images.flatten(0, 1), train_offsets.repeat_interleave(train_images.shape[1], 0)
     test_images = test_images[:, 0]
-    mean, std = train_offsets.mean(0), train_offsets.std(0)
-    blind = (test_offsets - mean).abs().mean(0)
+    blind = (test_offsets - train_offsets.mean(0)).abs().mean(0)
 
+    torch.manual_seed(args.seed)
     model = Localizer(vlm_config, len(cameras), args.image_side)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     trained_on = args.episodes or "the simulator"
     print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {trained_on}, "
           f"{len(test_offsets)} held-out episodes from {args.held_out}; cameras {', '.join(cameras)}; {args.preset}; "
           f"{args.image_side}x{args.image_side} images")
 
-    def held_out_error() -> torch.Tensor:
-        model.eval()
-        with torch.no_grad():
-            predicted = model(test_images) * std + mean
-        model.train()
-        return (predicted - test_offsets).abs().mean(0)
+    started = time.perf_counter()
 
-    rows, started, generator = [], time.perf_counter(), torch.Generator().manual_seed(args.seed)
-    for step in tqdm(range(1, args.steps + 1), desc="train", unit="step", dynamic_ncols=True, leave=False):
-        index = torch.randint(len(train_offsets), (args.batch_size,), generator=generator)
-        loss = torch.nn.functional.mse_loss(model(train_images[index]), (train_offsets[index] - mean) / std)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 250 == 0 or step == args.steps:
-            error = held_out_error()
-            rows.append([step, f"{loss.item():.3f}", *(f"{e:.2f}" for e in error),
-                         f"{time.perf_counter() - started:.0f}"])
+    def row(step, loss, predict):
+        error = (predict(test_images) - test_offsets).abs().mean(0)
+        return [step, f"{loss:.3f}", *(f"{e:.2f}" for e in error), f"{time.perf_counter() - started:.0f}"]
+
+    rows = train_localizer(model, train_images, train_offsets, steps=args.steps, batch_size=args.batch_size,
+                           lr=args.lr, seed=args.seed, evaluate=row)
     print("held-out error of the offset (mean absolute), against the blind guess "
           f"(dx {blind[0]:.2f} mm, dy {blind[1]:.2f} mm, yaw {blind[2]:.2f} deg)")
     print_table(["step", "train loss (normalized)", "dx (mm)", "dy (mm)", "yaw (deg)", "s"], rows)
