@@ -1,14 +1,15 @@
 """Pretrain a tiny VLM's image path to see where the phantom stands, on frames rendered by the simulator.
 
-    python -m insertion_vla.vision_pretrain VLM_DIR --placements 3000 [--steps 3000] [--start_joint_range_deg 5]
+    python -m insertion_vla.vision_pretrain VLM_DIR [--placements 2500] [--steps 2500] [--start_joint_range_deg 5]
            [--phantom_* ...] [--workers 2]                 # then: --policy.vlm_model_name=VLM_DIR
                                                             #       --policy.load_vlm_weights=true
 
 Why: on CPU the tiny VLM's vision encoder starts random and must learn from the demonstrations alone, and each
 demonstration is one placement of the phantom. A placement seen at the policy's 64x64 moves the trocar by less
 than a pixel (benchmarks/camera_scale.py), and the encoder's error falls with the number of distinct placements:
-160 of them give 3.3 mm, 1280 give 1.4 mm (benchmarks/README.md, "Does it learn?"). A demonstration costs
-about 10 s to collect; the first frame of a placement, rendered, a fraction of a second.
+160 of them give 3.3 mm, 1280 give 1.4 mm, 2500 (from the narrow tier's varied starts) 1.4 mm in x, 1.2 in y and
+1.2 deg (benchmarks/README.md, "Does it learn?"). A demonstration costs about 10 s to collect; the first frame of a
+placement, rendered, under half a second.
 
 What: N placements are drawn as the collector draws them (the same --phantom_* and randomization flags; base seed
 9000, none of the collections' or evaluations'), each rendered once at its start pose (the arm's start within
@@ -174,10 +175,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m insertion_vla.vision_pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("vlm_dir", type=Path, help="a VLM from `python -m insertion_vla.tiny_vlm` (given weights)")
-    parser.add_argument("--placements", type=int, default=3000, help="rendered placements to train on (default: %(default)s)")
+    parser.add_argument("--placements", type=int, default=2500, help="rendered placements to train on (default: %(default)s)")
     parser.add_argument("--held_out", type=int, default=100,
                         help="placements of another seed, to measure the error on (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2500, help="training steps (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, cosine decay (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed of the weights and batches (default: %(default)s)")
@@ -196,7 +197,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"`python -m insertion_vla.tiny_vlm {args.vlm_dir} --preset tiny-vision`")
     if min(args.placements, args.held_out) < 2:
         parser.error(f"--placements {args.placements} / --held_out {args.held_out}: at least 2 each (the offsets are "
-                     "normalized by their spread), e.g. --placements 3000 --held_out 100")
+                     "normalized by their spread), e.g. --placements 2500 --held_out 100")
     return args
 
 
