@@ -142,12 +142,16 @@ def reload_vlm_in_float32(policy: SmolVLAPolicy, vlm_name: str) -> None:
     from transformers import AutoModelForImageTextToText
 
     policy.float()
+    vlm = policy.model.vlm_with_expert.vlm
     source = AutoModelForImageTextToText.from_pretrained(vlm_name, dtype=torch.float32)
     # The file may have more text layers than policy.num_vlm_layers keeps: those are unexpected, never missing.
-    missing, _ = policy.model.vlm_with_expert.vlm.load_state_dict(source.state_dict(), strict=False)
+    missing, _ = vlm.load_state_dict(source.state_dict(), strict=False)
     if missing:
         raise UserError(f"policy.vlm_model_name={vlm_name!r}: {len(missing)} weights of the VLM are not in its files "
                         f"({missing[:8]}); give a VLM of this architecture, or set policy.load_vlm_weights: false")
+    # The config still says bfloat16; an export saves it, and lerobot would build the exported VLM in bfloat16.
+    for config in (vlm.config, vlm.config.text_config, vlm.config.vision_config):
+        config.dtype = torch.float32
 
 
 def check_every_weight_loaded(policy: SmolVLAPolicy, pretrained: str) -> None:

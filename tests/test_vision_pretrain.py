@@ -5,9 +5,11 @@ import json
 
 import pytest
 import torch
-from fixtures_policy import CAMERA_KEYS, make_policy_cfg
+from fixtures_policy import CAMERA_KEYS, make_policy_cfg, make_stats
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 
+from insertion_vla.export import export_pretrained
 from insertion_vla.policy import build_policy
 from insertion_vla.tiny_vlm import build_tiny_vlm
 from insertion_vla.vision_pretrain import WEIGHTS_FILE, main
@@ -28,10 +30,14 @@ def image_path_weights(vlm_dir) -> dict:
         return {key: f.get_tensor(key) for key in f.keys() if ".vision_model." in key or ".connector." in key}
 
 
-def vlm_weights(vlm_dir, load: bool) -> dict:
+def build(vlm_dir, load: bool):
     torch.manual_seed(1)
     cfg = make_policy_cfg(vlm_dir, load_vlm_weights=load, freeze_vision_encoder=False, train_expert_only=False)
-    policy, _, _ = build_policy(cfg, state_dim=13, action_dim=6, camera_keys=CAMERA_KEYS, stats=None)
+    return build_policy(cfg, state_dim=13, action_dim=6, camera_keys=CAMERA_KEYS, stats=make_stats(13, 6))
+
+
+def vlm_weights(vlm_dir, load: bool) -> dict:
+    policy, _, _ = build(vlm_dir, load)
     assert {p.dtype for p in policy.parameters()} == {torch.float32}  # lerobot loads a VLM in bfloat16
     return policy.model.vlm_with_expert.vlm.state_dict()
 
@@ -46,6 +52,17 @@ def test_the_policy_starts_from_the_pretrained_image_path(pretrained_vlm):
     # Negative control: without load_vlm_weights the same folder gives a random image path.
     random = vlm_weights(pretrained_vlm, load=False)
     assert not any(torch.equal(random[key], tensor) for key, tensor in saved.items() if tensor.ndim == 2)
+
+
+def test_an_export_of_such_a_policy_loads_in_float32_with_its_weights(pretrained_vlm, tmp_path):
+    """The VLM's config read from a bfloat16 load would make lerobot build the exported VLM in bfloat16, beside a
+    float32 expert: the evaluator failed so (expected m1 and m2 to have the same dtype)."""
+    policy, preprocessor, postprocessor = build(pretrained_vlm, load=True)
+    export_dir = export_pretrained(policy, preprocessor, postprocessor, tmp_path / "export", device="cpu")
+    loaded = SmolVLAPolicy.from_pretrained(export_dir)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    for key, tensor in image_path_weights(pretrained_vlm).items():
+        torch.testing.assert_close(loaded.model.vlm_with_expert.vlm.state_dict()[key], tensor, rtol=0, atol=0)
 
 
 def test_pretraining_records_its_settings_and_errors(pretrained_vlm):
