@@ -25,10 +25,10 @@ frozen as the run needs.
 import argparse
 import json
 import multiprocessing
-import os
 import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, SmolVLMForConditionalGeneration
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
-from episode_format.atomic import atomic_write_text
+from episode_format.atomic import atomic_output, atomic_write_text
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
 from insertion_vla.dataset import resize_with_pad
 from sim.collect import single_render_thread
@@ -51,6 +51,7 @@ HELD_OUT_BASE_SEED = 9001
 OFFSET_KEYS = ("phantom_dx", "phantom_dy", "phantom_yaw")
 OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # m, m, rad -> mm, mm, deg
 WEIGHTS_FILE = "model.safetensors"
+RECORD_FILE = "pretraining.json"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray,
     return np.stack(images).transpose(0, 3, 1, 2), placement_offsets(info["scene_params"])
 
 
+def close_render_env() -> None:
+    global _worker_env
+    if _worker_env is not None:
+        _worker_env[1].close()
+        _worker_env = None
+
+
 def render_placements(count: int, settings: RenderSettings, *, base_seed: int = RENDER_BASE_SEED,
                       workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame 0 of `count` placements -> images (count, cameras, 3, side, side) uint8, offsets (count, 3)."""
@@ -100,6 +108,7 @@ def render_placements(count: int, settings: RenderSettings, *, base_seed: int = 
     finally:
         if pool is not None:
             pool.terminate()
+        close_render_env()
     images, offsets = zip(*rendered)
     return torch.from_numpy(np.stack(images)), torch.tensor(offsets, dtype=torch.float32)
 
@@ -130,7 +139,8 @@ def train_localizer(model: Localizer, images: torch.Tensor, offsets: torch.Tenso
                     lr: float, seed: int, evaluate=None, every: int = 250) -> list:
     """AdamW with cosine decay on the offsets normalized by their mean and std. `evaluate(step, loss, predict)`
     runs every `every` steps and at the end (predict: images -> offsets in mm, mm, deg); returns its results."""
-    mean, std = offsets.mean(0), offsets.std(0)
+    # A range of 0 (e.g. --phantom_yaw_range_deg 0) makes that target the constant 0, not a division by 0.
+    mean, std = offsets.mean(0), offsets.std(0).clamp_min(1e-6)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return model(as_pixels(batch)) * std + mean
@@ -155,20 +165,16 @@ def train_localizer(model: Localizer, images: torch.Tensor, offsets: torch.Tenso
 
 
 def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict) -> None:
-    """Give the VLM in vlm_dir weights: the trained image path, the rest as SmolVLM starts it. Atomic: the files
-    are written into a copy of the folder, which then replaces it."""
+    """Give the VLM in vlm_dir weights: the trained image path, the rest as SmolVLM starts it. Its config, tokenizer
+    and processor stay; model.safetensors and pretraining.json are each written atomically, the record first (a
+    crash between the two leaves no weights that a record does not describe)."""
     vlm = SmolVLMForConditionalGeneration(AutoConfig.from_pretrained(vlm_dir))
     vlm.model.vision_model.load_state_dict(model.vision.state_dict())
     vlm.model.connector.load_state_dict(model.connector.state_dict())
-    tmp_dir = vlm_dir.with_name(f"{vlm_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    shutil.copytree(vlm_dir, tmp_dir)
-    vlm.save_pretrained(tmp_dir)  # model.safetensors (float32) and the same config.json
-    atomic_write_text(tmp_dir / "pretraining.json", json.dumps(record, indent=2))
-    old_dir = vlm_dir.with_name(f"{vlm_dir.name}.old-{os.getpid()}")
-    os.replace(vlm_dir, old_dir)
-    os.replace(tmp_dir, vlm_dir)
-    shutil.rmtree(old_dir)
+    atomic_write_text(vlm_dir / RECORD_FILE, json.dumps(record, indent=2))
+    with tempfile.TemporaryDirectory(dir=vlm_dir.parent) as saved, atomic_output(vlm_dir / WEIGHTS_FILE) as tmp:
+        vlm.save_pretrained(saved)  # transformers' names and layout of the weights, float32
+        shutil.move(Path(saved) / WEIGHTS_FILE, tmp)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -185,8 +191,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image_side", type=int, default=64,
                         help="images resized with padding to this square: the policy's resize_imgs_with_padding "
                              "(default: %(default)s)")
-    parser.add_argument("--width", type=int, default=128, help="render width, as sim.collect's (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=96, help="render height, as sim.collect's (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=128,
+                        help="render width: the collection's sim.collect --width, whose default is 640 (default: "
+                             "%(default)s, the learning benchmark's)")
+    parser.add_argument("--height", type=int, default=96,
+                        help="render height: the collection's sim.collect --height, whose default is 480 (default: "
+                             "%(default)s, the learning benchmark's)")
     parser.add_argument("--start_joint_range_deg", type=float, default=0.0,
                         help="each joint's start within +/- this of home, as sim.collect's (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
@@ -195,21 +205,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not (args.vlm_dir / "config.json").is_file():
         parser.error(f"{args.vlm_dir} has no config.json: write a tiny VLM there first, e.g. "
                      f"`python -m insertion_vla.tiny_vlm {args.vlm_dir} --preset tiny-vision`")
-    if min(args.placements, args.held_out) < 2:
-        parser.error(f"--placements {args.placements} / --held_out {args.held_out}: at least 2 each (the offsets are "
-                     "normalized by their spread), e.g. --placements 2500 --held_out 100")
+    if args.placements < 2:
+        parser.error(f"--placements {args.placements}: at least 2 (the targets are normalized by their spread), "
+                     "e.g. --placements 2500")
+    for name in ("held_out", "steps", "batch_size", "workers", "width", "height"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.start_joint_range_deg < 0:
+        parser.error(f"--start_joint_range_deg must be >= 0, got {args.start_joint_range_deg}")
+    vlm_config = AutoConfig.from_pretrained(args.vlm_dir)
+    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
+    if args.image_side % unit:
+        parser.error(f"--image_side {args.image_side} is not a multiple of {unit} (the patch size x scale factor of "
+                     f"{args.vlm_dir}): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
+    try:
+        args.phantom, args.dr = randomization_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     vlm_config = AutoConfig.from_pretrained(args.vlm_dir)
-    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
-    if args.image_side % unit:
-        raise SystemExit(f"error: --image_side {args.image_side} is not a multiple of {unit} (the patch size x scale "
-                         f"factor of {args.vlm_dir}): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
-    phantom, dr = randomization_from_args(args)
-    settings = RenderSettings(phantom=phantom, dr=dr, start_joint_range_deg=args.start_joint_range_deg,
+    settings = RenderSettings(phantom=args.phantom, dr=args.dr, start_joint_range_deg=args.start_joint_range_deg,
                               width=args.width, height=args.height, side=args.image_side)
     started = time.perf_counter()
     images, offsets = render_placements(args.placements, settings, workers=args.workers)
@@ -233,12 +252,13 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     errors = train_localizer(model, images, offsets, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, evaluate=evaluate)
-    record = {"settings": {**{k: v for k, v in vars(args).items() if k != "vlm_dir"}, **asdict(settings),
-                           "render_base_seed": RENDER_BASE_SEED, "held_out_base_seed": HELD_OUT_BASE_SEED},
+    flags = {key: value for key, value in vars(args).items() if key not in ("vlm_dir", "phantom", "dr")}
+    record = {"settings": {**flags, "cameras": list(settings.cameras), "render_base_seed": RENDER_BASE_SEED,
+                           "held_out_base_seed": HELD_OUT_BASE_SEED},
               "blind_error": {"dx_mm": blind[0].item(), "dy_mm": blind[1].item(), "yaw_deg": blind[2].item()},
               "held_out_errors": errors, "render_seconds": round(render_seconds, 1),
               "train_seconds": round(time.perf_counter() - started, 1)}
-    write_vlm_weights(model, args.vlm_dir, json.loads(json.dumps(record, default=str)))
+    write_vlm_weights(model, args.vlm_dir, record)
     print(f"wrote the pretrained image path into {args.vlm_dir / WEIGHTS_FILE} (use it with "
           f"--policy.vlm_model_name={args.vlm_dir} --policy.load_vlm_weights=true)")
 
