@@ -6,8 +6,8 @@ vision path alone, apart from the policy.
            [--image_side 64]
 
 insertion_vla.vision_pretrain's Localizer (the vision encoder and connector of a `insertion_vla.tiny_vlm` preset,
-random weights (PyTorch's default initialization), one shared encoder for every camera as in SmolVLA, a linear head on the
-image tokens) is trained to regress the phantom's offset (dx, dy in mm, yaw in deg: the episode files' attributes) from
+random weights in PyTorch's default initialization, one shared encoder for every camera as in SmolVLA, a linear
+head on the image tokens) is trained to regress the phantom's offset (dx, dy in mm, yaw in deg: the episode files' attributes) from
 the first `--frames` frames of each episode, seen as the policy sees them (resized with padding to
 `--image_side` squared, 64x64 as in the benchmark tiers, scaled to [-1, 1]). Use home-start collections (no
 --start_joint_range_deg): then the offset is what the images show. Or, to ask how the error falls with the
