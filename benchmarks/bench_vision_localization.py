@@ -36,6 +36,7 @@ from insertion_vla.tiny_vlm import build_tiny_vlm
 from insertion_vla.vision_pretrain import (
     Localizer,
     RenderSettings,
+    image_side_problem,
     placement_offsets,
     render_placements,
     train_localizer,
@@ -85,10 +86,9 @@ def main() -> None:
                      "their spread), e.g. --render 160")
     vlm_dir = build_tiny_vlm(args.tmp_dir / f"vision_localization_{args.preset}", args.preset)
     vlm_config = AutoConfig.from_pretrained(vlm_dir)
-    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
-    if args.image_side % unit:
-        parser.error(f"--image_side {args.image_side} is not a multiple of {unit} (the {args.preset} preset's patch "
-                     f"size x scale factor): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
+    problem = image_side_problem(vlm_config, args.image_side, f"the {args.preset} preset")
+    if problem:
+        parser.error(problem)
 
     cameras = tuple(args.cameras)
     if args.render is not None:

@@ -113,6 +113,15 @@ def render_placements(count: int, settings: RenderSettings, *, base_seed: int = 
     return torch.from_numpy(np.stack(images)), torch.tensor(offsets, dtype=torch.float32)
 
 
+def image_side_problem(vlm_config, side: int, vlm_name: str) -> str | None:
+    """Why the encoder of vlm_config cannot take side x side images, with a side it can take; None if it can."""
+    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
+    if side % unit:
+        return (f"--image_side {side} is not a multiple of {unit} (the patch size x scale factor of {vlm_name}): "
+                f"use e.g. --image_side {max(unit, side // unit * unit)}")
+    return None
+
+
 def as_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> [-1, 1], as SmolVLA scales them."""
     return images.float() / 127.5 - 1.0
@@ -213,11 +222,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.start_joint_range_deg < 0:
         parser.error(f"--start_joint_range_deg must be >= 0, got {args.start_joint_range_deg}")
-    vlm_config = AutoConfig.from_pretrained(args.vlm_dir)
-    unit = vlm_config.vision_config.patch_size * vlm_config.scale_factor
-    if args.image_side % unit:
-        parser.error(f"--image_side {args.image_side} is not a multiple of {unit} (the patch size x scale factor of "
-                     f"{args.vlm_dir}): use e.g. --image_side {max(unit, args.image_side // unit * unit)}")
+    args.vlm_config = AutoConfig.from_pretrained(args.vlm_dir)
+    problem = image_side_problem(args.vlm_config, args.image_side, str(args.vlm_dir))
+    if problem:
+        parser.error(problem)
     try:
         args.phantom, args.dr = randomization_from_args(args)
     except ValueError as err:
@@ -227,7 +235,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    vlm_config = AutoConfig.from_pretrained(args.vlm_dir)
     settings = RenderSettings(phantom=args.phantom, dr=args.dr, start_joint_range_deg=args.start_joint_range_deg,
                               width=args.width, height=args.height, side=args.image_side)
     started = time.perf_counter()
@@ -240,7 +247,7 @@ def main(argv=None) -> None:
           f"misses by dx {blind[0]:.2f} mm, dy {blind[1]:.2f} mm, yaw {blind[2]:.2f} deg")
 
     torch.manual_seed(args.seed)
-    model = Localizer(vlm_config, len(settings.cameras), args.image_side)
+    model = Localizer(args.vlm_config, len(settings.cameras), args.image_side)
 
     def evaluate(step, loss, predict):
         error = (predict(test_images) - test_offsets).abs().mean(0)
@@ -252,7 +259,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     errors = train_localizer(model, images, offsets, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, evaluate=evaluate)
-    flags = {key: value for key, value in vars(args).items() if key not in ("vlm_dir", "phantom", "dr")}
+    flags = {key: value for key, value in vars(args).items() if key not in ("vlm_dir", "vlm_config", "phantom", "dr")}
     record = {"settings": {**flags, "cameras": list(settings.cameras), "render_base_seed": RENDER_BASE_SEED,
                            "held_out_base_seed": HELD_OUT_BASE_SEED},
               "blind_error": {"dx_mm": blind[0].item(), "dy_mm": blind[1].item(), "yaw_deg": blind[2].item()},
