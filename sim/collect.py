@@ -18,6 +18,13 @@ Three options make demonstrations a policy learns more from (the env's success r
                      episode's seed). From the home pose alone, the joints an expert passes through tell where the
                      phantom stands, and a policy learns that instead of looking (it then fails in closed loop, where
                      the joints are its own); from varied starts they tell much less on the first part of the way.
+  --drift_mm D       recovery from deviations that last: on the approach (from the start to the stand-off point
+                     before the trocar) the needle tip is commanded off the expert's path by a slowly wandering
+                     offset (per axis std D mm, correlation time --drift_seconds, starting at 0), while the recorded
+                     `action` stays the expert's command on its path. The white noise of --perturb_std moves the arm
+                     about half a millimetre for one frame; a policy in closed loop strays by millimetres for seconds,
+                     and only demonstrations that do so show what to do from there. The offset ends at the stand-off,
+                     so the needle always enters the eye on the expert's path.
 """
 
 import argparse
@@ -48,6 +55,7 @@ from sim.scene import CAMERA_NAMES
 from sim.seeding import MAX_ATTEMPTS, episode_seed
 
 PERTURBATION_STREAM = 7  # the injected noise has a random stream of its own, seeded by the episode's seed
+DRIFT_STREAM = 8  # and so has the drift: adding one does not change the other
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class CollectionSettings:
     hold_seconds: float = 0.0
     perturb_std: float = 0.0
     start_joint_range_deg: float = 0.0
+    drift_mm: float = 0.0
+    drift_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,13 +97,18 @@ def record_episode(
     recorder = EpisodeRecorder(CAMERA_NAMES, settings.jpeg_quality)
     noise = np.random.default_rng([seed, PERTURBATION_STREAM])
     perturb_steps = int(round(expert.duration_seconds * CONTROL_HZ)) if settings.perturb_std > 0 else 0
+    drift_steps = int(round(expert.align_seconds * CONTROL_HZ)) if settings.drift_mm > 0 else 0
+    drift = tip_drift(np.random.default_rng([seed, DRIFT_STREAM]), drift_steps, settings.drift_mm / 1000.0,
+                      settings.drift_seconds)
+    recovering = settings.perturb_std > 0 or settings.drift_mm > 0
     extra_steps, outcome, sent = int(round(settings.hold_seconds * CONTROL_HZ)), None, None
     while True:
-        action = expert.act(observation, from_q=sent if settings.perturb_std > 0 else None)
-        perturbing = len(recorder) < perturb_steps
-        sent = action + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32) if perturbing else action
-        recorder.add(observation, action, timestamp=len(recorder) / CONTROL_HZ,
-                     executed=sent if settings.perturb_std > 0 else None)
+        action = expert.act(observation, from_q=sent if recovering else None)
+        frame = len(recorder)
+        sent = expert.offset_command(drift[frame]) if frame < drift_steps else action
+        if frame < perturb_steps:
+            sent = sent + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32)
+        recorder.add(observation, action, timestamp=frame / CONTROL_HZ, executed=sent if recovering else None)
         observation, _, terminated, truncated, info = env.step(sent)
         if outcome is None and (terminated or truncated):
             outcome = info
@@ -103,6 +118,17 @@ def record_episode(
             if extra_steps == 0:
                 return recorder, outcome
             extra_steps -= 1
+
+
+def tip_drift(rng: np.random.Generator, steps: int, std_m: float, correlation_seconds: float) -> np.ndarray:
+    """(steps, 3) tip offsets in m, one per frame: an Ornstein-Uhlenbeck path from 0 whose per-axis std tends to
+    std_m, frames correlated as exp(-dt / correlation_seconds)."""
+    decay = np.exp(-1.0 / (CONTROL_HZ * correlation_seconds))
+    path, value = np.zeros((steps, 3)), np.zeros(3)
+    for frame in range(steps):
+        path[frame] = value
+        value = decay * value + np.sqrt(1.0 - decay**2) * rng.normal(0.0, std_m, 3)
+    return path
 
 
 def episode_attrs(settings: CollectionSettings, env: NeedleInsertionEnv, index: int, attempt: int, info: dict) -> dict:
@@ -163,13 +189,14 @@ def collection_attrs(settings: CollectionSettings) -> dict:
     """What an episode file says about how the whole collection was made (a re-run must match it)."""
     return {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height,
             "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std,
-            "start_joint_range_deg": settings.start_joint_range_deg, **settings.phantom.to_attrs()}
+            "start_joint_range_deg": settings.start_joint_range_deg, "drift_mm": settings.drift_mm,
+            "drift_seconds": settings.drift_seconds, **settings.phantom.to_attrs()}
 
 
 def check_existing(path: Path, settings: CollectionSettings) -> None:
     """An episode already in DIR must come from the same collection settings, or the dataset would mix them. Files
-    from before hold, perturbation, start range and placement were recorded count as 0 s, 0 rad, 0 deg and the
-    default placement."""
+    from before hold, perturbation, start range, drift and placement were recorded count as 0 s, 0 rad, 0 deg, no
+    drift and the default placement."""
     defaults = collection_attrs(CollectionSettings(out_dir=path.parent))
     expected = collection_attrs(settings)
     try:
@@ -183,7 +210,8 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
         raise SystemExit(
             f"error: {path} was collected with {differ}, but this run asks for "
             f"{ {key: expected[key] for key in differ} }. Use another --out directory, or the same --seed, --width, "
-            "--height, --hold_seconds, --perturb_std, --start_joint_range_deg and --phantom_* flags to extend this one."
+            "--height, --hold_seconds, --perturb_std, --start_joint_range_deg, --drift_mm, --drift_seconds and --phantom_* "
+            "flags to extend this one."
         )
 
 
@@ -257,6 +285,11 @@ def parse_args(
     parser.add_argument("--start_joint_range_deg", type=float, default=0.0,
                         help="start every joint uniformly within +/- this many deg of the home pose (0: always "
                              "home; see above)")
+    parser.add_argument("--drift_mm", type=float, default=0.0,
+                        help="per-axis std (mm) of the slowly wandering offset of the commanded tip on the approach; "
+                             "the recorded action stays on the expert's path (0: none; see above)")
+    parser.add_argument("--drift_seconds", type=float, default=1.0,
+                        help="correlation time of that offset, s (default: %(default)s)")
     add_randomization_args(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -269,9 +302,11 @@ def parse_args(
         parser.error(f"--jpeg_quality must be in [1, 100], got {args.jpeg_quality}")
     if args.width < 1 or args.height < 1:
         parser.error(f"--width and --height must be positive, got {args.width}x{args.height}")
-    if min(args.hold_seconds, args.perturb_std, args.start_joint_range_deg) < 0:
-        parser.error(f"--hold_seconds, --perturb_std and --start_joint_range_deg must be >= 0, got "
-                     f"{args.hold_seconds}, {args.perturb_std} and {args.start_joint_range_deg}")
+    if min(args.hold_seconds, args.perturb_std, args.start_joint_range_deg, args.drift_mm) < 0:
+        parser.error(f"--hold_seconds, --perturb_std, --start_joint_range_deg and --drift_mm must be >= 0, got "
+                     f"{args.hold_seconds}, {args.perturb_std}, {args.start_joint_range_deg} and {args.drift_mm}")
+    if args.drift_seconds <= 0:
+        parser.error(f"--drift_seconds must be > 0, got {args.drift_seconds}: e.g. --drift_seconds 1")
     try:
         phantom, dr = randomization_from_args(args)
         if dr is not None and dr.backgrounds:
@@ -296,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         hold_seconds=args.hold_seconds,
         perturb_std=args.perturb_std,
         start_joint_range_deg=args.start_joint_range_deg,
+        drift_mm=args.drift_mm,
+        drift_seconds=args.drift_seconds,
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)

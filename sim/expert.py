@@ -151,3 +151,12 @@ class ScriptedExpert:
         position, axis = self._plan.waypoint(self._step / self.control_hz)
         self._q = self._ik.solve(self._q, position, axis)
         return self._q.astype(np.float32)
+
+    def offset_command(self, tip_offset: np.ndarray) -> np.ndarray:
+        """The command `act` just returned, solved again with the needle tip moved by tip_offset (m, world frame),
+        the needle axis unchanged: a deviation from the path that lasts as long as the offset does (sim.collect
+        --drift_mm). The expert's own state is untouched."""
+        if self._plan is None:
+            raise RuntimeError("ScriptedExpert.offset_command called before ScriptedExpert.reset(env)")
+        position, axis = self._plan.waypoint(self._step / self.control_hz)
+        return self._ik.solve(self._q, position + np.asarray(tip_offset, dtype=np.float64), axis).astype(np.float32)
