@@ -146,6 +146,31 @@ def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_pa
     assert refused.returncode != 0 and "perturb_std" in refused.stderr
 
 
+def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(collected, tmp_path):
+    result = collect(tmp_path, 1, 7, "--drift_mm", "3")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "episode_000000.h5") as f, h5py.File(collected / "episode_000000.h5") as plain:
+        action, sent, clean = f["action"][()], f["executed_action"][()], plain["action"][()]
+        assert f.attrs["success"] and f.attrs["drift_mm"] == 3 and f.attrs["drift_seconds"] == 1
+    approach = int(round(3.5 * 15))  # the expert's align phase: from the start to the stand-off
+
+    def flange(q):
+        return np.array([flange_pose(row)[:3, 3] for row in q]) * 1000.0  # mm
+
+    # The recorded actions are the expert's path of the undrifted episode of the same seed, up to the needle's roll.
+    assert np.abs(flange(action[:approach]) - flange(clean[:approach])).max() < 0.01
+    # The commands sent are off it by millimetres, and the deviation lasts (white noise would decorrelate each frame).
+    deviation = flange(sent[:approach]) - flange(action[:approach])
+    assert 1.0 < deviation[approach // 2:].std() < 6.0
+    lag1 = [np.corrcoef(deviation[1:, axis], deviation[:-1, axis])[0, 1] for axis in range(3)]
+    assert min(lag1) > 0.8, lag1
+    assert np.abs(deviation[0]).max() == 0  # it starts on the path: no jump at the first frame
+    # From the stand-off on the arm is sent the expert's own commands: the needle enters the eye on the path.
+    assert np.abs(sent[approach:] - action[approach:]).max() == 0
+    refused = collect(tmp_path, 2, 7)
+    assert refused.returncode != 0 and "drift_mm" in refused.stderr
+
+
 def test_varied_starts_are_recorded_and_kept_apart_from_home_starts(collected, tmp_path):
     result = collect(tmp_path, 1, 7, "--start_joint_range_deg", "5")
     assert result.returncode == 0, result.stderr
@@ -164,7 +189,7 @@ def test_help_names_every_range_flag():
         "--episodes", "--out", "--seed", "--workers", "--width", "--height", "--jpeg_quality", "--no_dr",
         "--backgrounds", "--light_position", "--camera_position", "--camera_rotation", "--color",
         "--image_noise_std", "--qpos_noise_std", "--damping", "--phantom_x_range", "--phantom_y_min", "--phantom_y_max",
-        "--phantom_yaw_range_deg",
+        "--phantom_yaw_range_deg", "--drift_mm", "--drift_seconds",
     ):
         assert flag in result.stdout, flag
 
