@@ -7,7 +7,7 @@
     action                        float32 (T, 6): commanded joint positions, rad
     timestamp                     float32 (T,): seconds since the episode start
     executed_action               float32 (T, 6), optional: the command actually sent when it differs from `action`
-                                  (the collector's --perturb_std noise); readers train on `action`
+                                  (the collector's --perturb_std noise, --drift_mm offset); readers train on `action`
     attributes: task, format_version, and what the writer adds (the simulator: sim_seed, success, fps, image
     size, jpeg_quality, ee_pose_convention and every sampled scene value).
 

@@ -6,7 +6,7 @@ Episode i is written to DIR/episode_{i:06d}.h5 (sorted order = episode order) fr
 `episode_seed(seed, i, attempt)`; a failed attempt (no success before the timeout) is discarded, counted, and
 retried with the next attempt number. Re-running into the same DIR skips the episodes already there.
 
-Three options make demonstrations a policy learns more from (the env's success rule is unchanged):
+Four options make demonstrations a policy learns more from (the env's success rule is unchanged):
   --hold_seconds S   keep recording S more seconds after the success: the expert stays at the target, so a policy
                      sees what to do once there (without it every episode ends 1 s into the hold);
   --perturb_std R    DART-style recovery: Gaussian noise (std R rad per joint) is added to the command sent to the
@@ -28,6 +28,7 @@ Three options make demonstrations a policy learns more from (the env's success r
 """
 
 import argparse
+import math
 import multiprocessing
 import os
 import sys
@@ -97,26 +98,26 @@ def record_episode(
     recorder = EpisodeRecorder(CAMERA_NAMES, settings.jpeg_quality)
     noise = np.random.default_rng([seed, PERTURBATION_STREAM])
     perturb_steps = int(round(expert.duration_seconds * CONTROL_HZ)) if settings.perturb_std > 0 else 0
-    drift_steps = int(round(expert.align_seconds * CONTROL_HZ)) if settings.drift_mm > 0 else 0
-    drift = tip_drift(np.random.default_rng([seed, DRIFT_STREAM]), drift_steps, settings.drift_mm / 1000.0,
-                      settings.drift_seconds)
+    drift = tip_drift(np.random.default_rng([seed, DRIFT_STREAM]), int(expert.align_seconds * CONTROL_HZ) + 1,
+                      settings.drift_mm / 1000.0, settings.drift_seconds)
     recovering = settings.perturb_std > 0 or settings.drift_mm > 0
-    extra_steps, outcome, sent = int(round(settings.hold_seconds * CONTROL_HZ)), None, None
+    extra_steps, outcome, sent, deepest = int(round(settings.hold_seconds * CONTROL_HZ)), None, None, 0.0
     while True:
         action = expert.act(observation, from_q=sent if recovering else None)
         frame = len(recorder)
-        sent = expert.offset_command(drift[frame]) if frame < drift_steps else action
+        sent = expert.offset_command(drift[frame]) if settings.drift_mm > 0 and expert.on_approach else action
         if frame < perturb_steps:
             sent = sent + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32)
         recorder.add(observation, action, timestamp=frame / CONTROL_HZ, executed=sent if recovering else None)
         observation, _, terminated, truncated, info = env.step(sent)
+        deepest = max(deepest, info["penetration_outside_trocar_mm"])
         if outcome is None and (terminated or truncated):
             outcome = info
             if truncated:
-                return recorder, outcome
+                return recorder, {**outcome, "max_penetration_outside_trocar_mm": deepest}
         if outcome is not None:
             if extra_steps == 0:
-                return recorder, outcome
+                return recorder, {**outcome, "max_penetration_outside_trocar_mm": deepest}
             extra_steps -= 1
 
 
@@ -143,6 +144,7 @@ def episode_attrs(settings: CollectionSettings, env: NeedleInsertionEnv, index: 
         **collection_attrs(settings),
         "final_tip_error_mm": info["tip_error_mm"],
         "final_axis_error_deg": info["axis_error_deg"],
+        "max_penetration_outside_trocar_mm": info["max_penetration_outside_trocar_mm"],
         "trocar_entry": entry,
         "trocar_target": target,
         "trocar_axis": axis,
@@ -288,8 +290,9 @@ def parse_args(
     parser.add_argument("--drift_mm", type=float, default=0.0,
                         help="per-axis std (mm) of the slowly wandering offset of the commanded tip on the approach; "
                              "the recorded action stays on the expert's path (0: none; see above)")
-    parser.add_argument("--drift_seconds", type=float, default=1.0,
-                        help="correlation time of that offset, s (default: %(default)s)")
+    parser.add_argument("--drift_seconds", type=float, default=None,
+                        help=f"correlation time of that offset, s (default: {CollectionSettings.drift_seconds}; only "
+                             "with --drift_mm)")
     add_randomization_args(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -302,11 +305,16 @@ def parse_args(
         parser.error(f"--jpeg_quality must be in [1, 100], got {args.jpeg_quality}")
     if args.width < 1 or args.height < 1:
         parser.error(f"--width and --height must be positive, got {args.width}x{args.height}")
-    if min(args.hold_seconds, args.perturb_std, args.start_joint_range_deg, args.drift_mm) < 0:
-        parser.error(f"--hold_seconds, --perturb_std, --start_joint_range_deg and --drift_mm must be >= 0, got "
-                     f"{args.hold_seconds}, {args.perturb_std}, {args.start_joint_range_deg} and {args.drift_mm}")
-    if args.drift_seconds <= 0:
-        parser.error(f"--drift_seconds must be > 0, got {args.drift_seconds}: e.g. --drift_seconds 1")
+    amounts = (args.hold_seconds, args.perturb_std, args.start_joint_range_deg, args.drift_mm)
+    if not all(math.isfinite(value) and value >= 0 for value in amounts):
+        parser.error("--hold_seconds, --perturb_std, --start_joint_range_deg and --drift_mm must be finite and >= 0, "
+                     "got {}, {}, {} and {}".format(*amounts))
+    if args.drift_seconds is not None and args.drift_mm == 0:
+        parser.error("--drift_seconds acts only on a drift: add --drift_mm (e.g. --drift_mm 3) or leave it out")
+    if args.drift_seconds is None:
+        args.drift_seconds = CollectionSettings.drift_seconds
+    if not (math.isfinite(args.drift_seconds) and args.drift_seconds > 0):
+        parser.error(f"--drift_seconds must be finite and > 0, got {args.drift_seconds}: e.g. --drift_seconds 1")
     try:
         phantom, dr = randomization_from_args(args)
         if dr is not None and dr.backgrounds:

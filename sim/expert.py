@@ -143,20 +143,26 @@ class ScriptedExpert:
 
         from_q: the joints actually commanded last (e.g. the expert's command plus injected noise); the IK starts
         there, so the command is the correction from that state. Default: the expert's own last command."""
-        if self._plan is None:
-            raise RuntimeError("ScriptedExpert.act called before ScriptedExpert.reset(env)")
         if from_q is not None:
             self._q = np.asarray(from_q, dtype=np.float64)
         self._step += 1
-        position, axis = self._plan.waypoint(self._step / self.control_hz)
+        position, axis = self._waypoint("act")
         self._q = self._ik.solve(self._q, position, axis)
         return self._q.astype(np.float32)
+
+    @property
+    def on_approach(self) -> bool:
+        """Whether the command `act` just returned is on the way to the stand-off point (the align phase)."""
+        return self._step / self.control_hz <= self.align_seconds
 
     def offset_command(self, tip_offset: np.ndarray) -> np.ndarray:
         """The command `act` just returned, solved again with the needle tip moved by tip_offset (m, world frame),
         the needle axis unchanged: a deviation from the path that lasts as long as the offset does (sim.collect
         --drift_mm). The expert's own state is untouched."""
-        if self._plan is None:
-            raise RuntimeError("ScriptedExpert.offset_command called before ScriptedExpert.reset(env)")
-        position, axis = self._plan.waypoint(self._step / self.control_hz)
+        position, axis = self._waypoint("offset_command")
         return self._ik.solve(self._q, position + np.asarray(tip_offset, dtype=np.float64), axis).astype(np.float32)
+
+    def _waypoint(self, caller: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._plan is None:
+            raise RuntimeError(f"ScriptedExpert.{caller} called before ScriptedExpert.reset(env)")
+        return self._plan.waypoint(self._step / self.control_hz)

@@ -2,7 +2,7 @@
 layout), with the simulator's own attributes: task instruction, JPEG quality and the ee_pose convention.
 
 Frame t holds the observation the action at t was computed from. Where the command sent to the arm differs from
-the demonstrated action (the collector's injected noise), both are kept: `action` and `executed_action`.
+the demonstrated action (the collector's injected noise or drift), both are kept: `action` and `executed_action`.
 """
 
 from pathlib import Path

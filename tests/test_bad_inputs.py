@@ -230,7 +230,7 @@ ROWS = [
         r"--episodes must be >= 1, got 0", r"e\.g\. --episodes 10", absent=("eps",)),
     Row("sim-zero-drift-time", "sim", "--drift_seconds 0",
         lambda b, t: collect("--episodes", "1", "--out", t / "eps", "--drift_mm", "3", "--drift_seconds", "0"),
-        r"--drift_seconds must be > 0, got 0\.0", r"e\.g\. --drift_seconds 1", absent=("eps",)),
+        r"--drift_seconds must be finite and > 0, got 0\.0", r"e\.g\. --drift_seconds 1", absent=("eps",)),
     Row("sim-width-not-a-number", "sim", "--width abc",
         lambda b, t: ["-m", "sim.collect", "--episodes", "1", "--out", t / "eps", "--width", "abc"],
         r"argument --width: 'abc'", r"whole number of pixels: give one, e\.g\. 640", absent=("eps",)),

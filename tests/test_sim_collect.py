@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from episode_format.jpeg import decode_jpeg
+from sim.collect import tip_drift
 from sim.kinematics import flange_pose
 from sim.randomization import DomainRandomization, PhantomPlacement
 from sim.recorder import TASK_INSTRUCTION, EpisodeRecorder
@@ -143,7 +144,7 @@ def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_pa
     assert np.abs(flange(action) - flange(clean)).max() < 1e-5  # m
     assert np.abs(flange(sent) - flange(clean)).mean() > 2e-4
     refused = collect(tmp_path, 2, 7, "--perturb_std", "0.002")
-    assert refused.returncode != 0 and "perturb_std" in refused.stderr
+    assert refused.returncode != 0 and "collected with {'perturb_std': " in refused.stderr
 
 
 def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(collected, tmp_path):
@@ -152,6 +153,9 @@ def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(c
     with h5py.File(tmp_path / "episode_000000.h5") as f, h5py.File(collected / "episode_000000.h5") as plain:
         action, sent, clean = f["action"][()], f["executed_action"][()], plain["action"][()]
         assert f.attrs["success"] and f.attrs["drift_mm"] == 3 and f.attrs["drift_seconds"] == 1
+        assert f.attrs["attempt"] == plain.attrs["attempt"]  # the same scene and path as the plain episode
+        # Sent back onto the path at the stand-off, the needle still enters the eye through the cannula.
+        assert f.attrs["max_penetration_outside_trocar_mm"] == 0 == plain.attrs["max_penetration_outside_trocar_mm"]
     approach = int(round(3.5 * 15))  # the expert's align phase: from the start to the stand-off
 
     def flange(q):
@@ -168,7 +172,22 @@ def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(c
     # From the stand-off on the arm is sent the expert's own commands: the needle enters the eye on the path.
     assert np.abs(sent[approach:] - action[approach:]).max() == 0
     refused = collect(tmp_path, 2, 7)
-    assert refused.returncode != 0 and "drift_mm" in refused.stderr
+    assert refused.returncode != 0 and "collected with {'drift_mm': " in refused.stderr
+
+
+def test_tip_drift_has_the_asked_spread_and_correlation_time():
+    for seconds in (0.5, 2.0):
+        path = tip_drift(np.random.default_rng(0), 20000, 0.003, seconds)
+        assert np.all(path[0] == 0)
+        np.testing.assert_allclose(path[1000:].std(0), 0.003, rtol=0.15)
+        lag1 = [np.corrcoef(path[1001:, axis], path[1000:-1, axis])[0, 1] for axis in range(3)]
+        np.testing.assert_allclose(lag1, np.exp(-1.0 / (15.0 * seconds)), atol=0.01)
+
+
+def test_drift_seconds_without_a_drift_is_refused(tmp_path):
+    result = collect(tmp_path / "eps", 1, 7, "--drift_seconds", "2")
+    assert result.returncode != 0 and "--drift_seconds acts only on a drift: add --drift_mm" in result.stderr
+    assert not (tmp_path / "eps").exists()
 
 
 def test_varied_starts_are_recorded_and_kept_apart_from_home_starts(collected, tmp_path):
@@ -179,7 +198,7 @@ def test_varied_starts_are_recorded_and_kept_apart_from_home_starts(collected, t
         start, home = np.degrees(f["action"][0]), np.degrees(plain["action"][0])  # the first command: near the start
         assert 0.5 < np.abs(start - home).max() < 6
     refused = collect(tmp_path, 2, 7)
-    assert refused.returncode != 0 and "start_joint_range_deg" in refused.stderr
+    assert refused.returncode != 0 and "collected with {'start_joint_range_deg': " in refused.stderr
 
 
 def test_help_names_every_range_flag():
