@@ -82,6 +82,7 @@ class EpisodeOutcome:
     index: int
     attempts: int  # attempts run, the successful one included
     saved: bool
+    unsafe: bool = False  # saved, but the needle entered the eye beside the trocar's cannula on the way
 
 
 def episode_path(out_dir: Path, index: int) -> Path:
@@ -179,7 +180,8 @@ def collect_episode(index: int, settings: CollectionSettings) -> EpisodeOutcome:
         recorder, info = record_episode(env, expert, episode_seed(settings.base_seed, index, attempt), settings)
         if info["success"]:
             recorder.write(episode_path(settings.out_dir, index), episode_attrs(settings, env, index, attempt, info))
-            return EpisodeOutcome(index, attempt + 1, saved=True)
+            return EpisodeOutcome(index, attempt + 1, saved=True,
+                                  unsafe=info["max_penetration_outside_trocar_mm"] > 0)
     return EpisodeOutcome(index, settings.max_attempts, saved=False)
 
 
@@ -357,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{saved} new episodes saved to {args.out} ({args.episodes - len(outcomes)} already there); "
         f"failed attempts discarded: {failed} of {attempts} (expert success rate {rate})"
     )
+    unsafe = sum(o.unsafe for o in outcomes)
+    if unsafe:
+        print(f"warning: in {unsafe} of the {saved} new episodes the needle entered the eye beside the trocar's "
+              "cannula (attribute max_penetration_outside_trocar_mm > 0), which the evaluator counts as unsafe"
+              + (": --perturb_std moves the needle during the insertion too" if args.perturb_std > 0 else ""),
+              file=sys.stderr)
     given_up = sorted(o.index for o in outcomes if not o.saved)
     if given_up:
         print(f"error: episodes {given_up} failed all {args.max_attempts} attempts", file=sys.stderr)
