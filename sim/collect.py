@@ -10,9 +10,9 @@ Four options make demonstrations a policy learns more from (the env's success ru
   --hold_seconds S   keep recording S more seconds after the success: the expert stays at the target, so a policy
                      sees what to do once there (without it every episode ends 1 s into the hold);
   --perturb_std R    DART-style recovery: Gaussian noise (std R rad per joint) is added to the command sent to the
-                     arm on the way in (not in the final hold), while the recorded `action` is the expert's clean
-                     command solved from the joints actually commanded, i.e. the correction back onto its path; the
-                     sent command is kept as `executed_action`.
+                     arm on the approach (up to the stand-off point before the trocar, as --drift_mm below), while
+                     the recorded `action` is the expert's clean command solved from the joints actually commanded,
+                     i.e. the correction back onto its path; the sent command is kept as `executed_action`.
   --start_joint_range_deg R
                      start each episode with every joint uniformly within +/-R deg of the home pose (from the
                      episode's seed). From the home pose alone, the joints an expert passes through tell where the
@@ -98,7 +98,6 @@ def record_episode(
     expert.reset(env)
     recorder = EpisodeRecorder(CAMERA_NAMES, settings.jpeg_quality)
     noise = np.random.default_rng([seed, PERTURBATION_STREAM])
-    perturb_steps = int(round(expert.duration_seconds * CONTROL_HZ)) if settings.perturb_std > 0 else 0
     drift = tip_drift(np.random.default_rng([seed, DRIFT_STREAM]), int(expert.align_seconds * CONTROL_HZ) + 1,
                       settings.drift_mm / 1000.0, settings.drift_seconds)
     recovering = settings.perturb_std > 0 or settings.drift_mm > 0
@@ -106,8 +105,10 @@ def record_episode(
     while True:
         action = expert.act(observation, from_q=sent if recovering else None)
         frame = len(recorder)
+        # Both deviations end at the stand-off: from there the needle enters the eye on the expert's path (noise
+        # during the insertion pushed it through the eye wall beside the 0.8 mm cannula in every demonstration).
         sent = expert.offset_command(drift[frame]) if settings.drift_mm > 0 and expert.on_approach else action
-        if frame < perturb_steps:
+        if settings.perturb_std > 0 and expert.on_approach:
             sent = sent + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32)
         recorder.add(observation, action, timestamp=frame / CONTROL_HZ, executed=sent if recovering else None)
         observation, _, terminated, truncated, info = env.step(sent)
@@ -190,9 +191,11 @@ def _collect_in_worker(task: tuple[int, CollectionSettings]) -> EpisodeOutcome:
 
 
 def collection_attrs(settings: CollectionSettings) -> dict:
-    """What an episode file says about how the whole collection was made (a re-run must match it)."""
+    """What an episode file says about how the whole collection was made (a re-run must match it). A perturbed
+    collection also says that its noise stopped at the stand-off: before that was so, it went on into the eye."""
+    window = {"perturb_stops_at_stand_off": 1} if settings.perturb_std > 0 else {}
     return {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height,
-            "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std,
+            "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std, **window,
             "start_joint_range_deg": settings.start_joint_range_deg, "drift_mm": settings.drift_mm,
             "drift_seconds": settings.drift_seconds, **settings.phantom.to_attrs()}
 
@@ -200,8 +203,8 @@ def collection_attrs(settings: CollectionSettings) -> dict:
 def check_existing(path: Path, settings: CollectionSettings) -> None:
     """An episode already in DIR must come from the same collection settings, or the dataset would mix them. Files
     from before hold, perturbation, start range, drift and placement were recorded count as 0 s, 0 rad, 0 deg, no
-    drift and the default placement."""
-    defaults = collection_attrs(CollectionSettings(out_dir=path.parent))
+    drift and the default placement; perturbed ones from before the noise stopped at the stand-off, as 0 there."""
+    defaults = {"perturb_stops_at_stand_off": 0, **collection_attrs(CollectionSettings(out_dir=path.parent))}
     expected = collection_attrs(settings)
     try:
         with h5py.File(path, "r") as f:
@@ -284,7 +287,7 @@ def parse_args(
     parser.add_argument("--hold_seconds", type=float, default=0.0,
                         help="seconds recorded after the success, the expert holding at the target (see above)")
     parser.add_argument("--perturb_std", type=float, default=0.0,
-                        help="std (rad per joint) of the noise added to the sent command on the way in; the recorded "
+                        help="std (rad per joint) of the noise added to the sent command on the approach; the recorded "
                              "action is the expert's correction (DART-style recovery demonstrations, see above)")
     parser.add_argument("--start_joint_range_deg", type=float, default=0.0,
                         help="start every joint uniformly within +/- this many deg of the home pose (0: always "
@@ -326,6 +329,16 @@ def parse_args(
     return args, phantom, dr
 
 
+def unsafe_warning(outcomes: list[EpisodeOutcome]) -> str | None:
+    """What to tell the user about saved demonstrations that entered the eye beside the cannula, if any did."""
+    unsafe = sorted(o.index for o in outcomes if o.unsafe)
+    if not unsafe:
+        return None
+    return (f"warning: in {len(unsafe)} of the {sum(o.saved for o in outcomes)} new episodes the needle entered the "
+            "eye beside the trocar's cannula (attribute max_penetration_outside_trocar_mm > 0), which the evaluator "
+            f"counts as unsafe, and a policy trained on them learns it: remove episodes {unsafe} before training")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, phantom, dr = parse_args(argv)
     settings = CollectionSettings(
@@ -359,12 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{saved} new episodes saved to {args.out} ({args.episodes - len(outcomes)} already there); "
         f"failed attempts discarded: {failed} of {attempts} (expert success rate {rate})"
     )
-    unsafe = sum(o.unsafe for o in outcomes)
-    if unsafe:
-        print(f"warning: in {unsafe} of the {saved} new episodes the needle entered the eye beside the trocar's "
-              "cannula (attribute max_penetration_outside_trocar_mm > 0), which the evaluator counts as unsafe"
-              + (": --perturb_std moves the needle during the insertion too" if args.perturb_std > 0 else ""),
-              file=sys.stderr)
+    warning = unsafe_warning(outcomes)
+    if warning:
+        print(warning, file=sys.stderr)
     given_up = sorted(o.index for o in outcomes if not o.saved)
     if given_up:
         print(f"error: episodes {given_up} failed all {args.max_attempts} attempts", file=sys.stderr)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from episode_format.jpeg import decode_jpeg
-from sim.collect import tip_drift
+from sim.collect import EpisodeOutcome, tip_drift, unsafe_warning
 from sim.kinematics import flange_pose
 from sim.randomization import DomainRandomization, PhantomPlacement
 from sim.recorder import TASK_INSTRUCTION, EpisodeRecorder
@@ -132,23 +132,37 @@ def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_pa
     assert result.returncode == 0, result.stderr
     with h5py.File(tmp_path / "episode_000000.h5") as f, h5py.File(collected / "episode_000000.h5") as plain:
         action, sent, clean = f["action"][()], f["executed_action"][()], plain["action"][()]
-        assert f.attrs["success"] and f.attrs["perturb_std"] == 0.004
-        # The noise goes on during the insertion: the needle crosses the eye wall beside the 0.8 mm cannula, and the
-        # collector says so (the drift of the test below stops at the stand-off and stays safe).
-        assert f.attrs["max_penetration_outside_trocar_mm"] > 0
-    assert "1 of the 1 new episodes the needle entered the eye beside the trocar" in result.stderr
-    way_in = int(round(6.5 * 15))  # the expert's align + insert time; the final hold is not perturbed
-    noise = sent[:way_in] - action[:way_in]
-    assert 0.003 < noise.std() < 0.005 and np.abs(sent[way_in:] - action[way_in:]).max() == 0
+        assert f.attrs["success"] and f.attrs["perturb_std"] == 0.004 and f.attrs["perturb_stops_at_stand_off"] == 1
+        # The noise stops at the stand-off, so the needle enters the eye through the cannula (noise on the
+        # insertion made it cross the eye wall beside it) and the collector has nothing to warn about.
+        assert f.attrs["max_penetration_outside_trocar_mm"] == 0
+    assert "warning" not in result.stderr
+    approach = int(round(3.5 * 15))  # the expert's align phase: from the start to the stand-off
+    noise = sent[:approach] - action[:approach]
+    assert 0.003 < noise.std() < 0.005 and np.abs(sent[approach:] - action[approach:]).max() == 0
     # Each recorded action is solved from the perturbed command before it, and still puts the flange back on the
     # expert's path of the unperturbed episode of the same seed (the needle's roll, which the IK leaves free, may
     # differ); the commands sent are off that path by the noise.
     def flange(q):
-        return np.array([flange_pose(row)[:3, 3] for row in q[:way_in]])
+        return np.array([flange_pose(row)[:3, 3] for row in q[:approach]])
     assert np.abs(flange(action) - flange(clean)).max() < 1e-5  # m
     assert np.abs(flange(sent) - flange(clean)).mean() > 2e-4
     refused = collect(tmp_path, 2, 7, "--perturb_std", "0.002")
     assert refused.returncode != 0 and "collected with {'perturb_std': " in refused.stderr
+    # A perturbed collection from before the noise stopped at the stand-off (no attribute) is not extended.
+    with h5py.File(tmp_path / "episode_000000.h5", "a") as f:
+        del f.attrs["perturb_stops_at_stand_off"]
+    refused = collect(tmp_path, 2, 7, "--perturb_std", "0.004")
+    assert refused.returncode != 0 and "collected with {'perturb_stops_at_stand_off': 0}" in refused.stderr
+    assert not (tmp_path / "episode_000001.h5").exists()
+
+
+def test_the_collector_warns_about_unsafe_demonstrations_only():
+    safe = [EpisodeOutcome(0, 1, saved=True), EpisodeOutcome(1, 10, saved=False)]
+    assert unsafe_warning(safe) is None
+    warning = unsafe_warning([*safe, EpisodeOutcome(2, 2, saved=True, unsafe=True)])
+    assert warning.startswith("warning: in 1 of the 2 new episodes the needle entered the eye beside the trocar")
+    assert warning.endswith("remove episodes [2] before training")
 
 
 def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(collected, tmp_path):
