@@ -76,8 +76,8 @@ SEEING = {"policy.freeze_vision_encoder": False, "policy.train_expert_only": Fal
 # demonstrations the chunk predicted at the first frame (only the images can tell there) missed by 8.8 mm, as a
 # blind guess does, but by 1.0-1.4 mm from later recorded frames (benchmarks/probe_vision.py); closed loop 0/20 at
 # 10.4 mm. Starts within +/-5 deg per joint (tip spread 7-16 mm, the placement's 6 mm): 0/20 at 6.4 mm.
-# Known defect, not yet re-measured: perturb_std goes on during the insertion, and in every such demonstration the
-# needle crosses the eye wall beside the 0.8 mm cannula (sim.collect warns; the recorded actions stay safe).
+# The perturbation stops at the stand-off (perturb_stops_at_stand_off): until it did, it went on during the insertion
+# and every narrow and full demonstration crossed the eye wall beside the 0.8 mm cannula (benchmarks/README.md).
 RECOVERING = {"hold_seconds": 2, "perturb_std": 0.002, "start_joint_range_deg": 5}
 # The vision encoder's error on the placement falls with the number of placements it sees (1280 rendered: 1.4 mm,
 # 160: 3.3 mm): pretrain it on rendered first frames before the policy trains (insertion_vla.vision_pretrain).

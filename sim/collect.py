@@ -106,7 +106,7 @@ def record_episode(
         action = expert.act(observation, from_q=sent if recovering else None)
         frame = len(recorder)
         # Both deviations end at the stand-off: from there the needle enters the eye on the expert's path (noise
-        # during the insertion pushed it through the eye wall beside the 0.8 mm cannula in every demonstration).
+        # during the insertion pushed it through the eye wall beside the 0.8 mm cannula in every narrow-tier one).
         sent = expert.offset_command(drift[frame]) if settings.drift_mm > 0 and expert.on_approach else action
         if settings.perturb_std > 0 and expert.on_approach:
             sent = sent + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32)
@@ -114,9 +114,7 @@ def record_episode(
         observation, _, terminated, truncated, info = env.step(sent)
         deepest = max(deepest, info["penetration_outside_trocar_mm"])
         if outcome is None and (terminated or truncated):
-            outcome = info
-            if truncated:
-                return recorder, {**outcome, "max_penetration_outside_trocar_mm": deepest}
+            outcome, extra_steps = info, 0 if truncated else extra_steps  # a timeout is not held
         if outcome is not None:
             if extra_steps == 0:
                 return recorder, {**outcome, "max_penetration_outside_trocar_mm": deepest}
