@@ -24,7 +24,6 @@ frozen as the run needs.
 
 import argparse
 import json
-import multiprocessing
 import shutil
 import tempfile
 import time
@@ -38,11 +37,12 @@ from transformers import AutoConfig, SmolVLMForConditionalGeneration
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
 from episode_format.atomic import atomic_output, atomic_write_text
+from episode_format.errors import UserError, exit_on_user_error
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
 from insertion_vla.dataset import resize_with_pad
-from sim.collect import single_render_thread
 from sim.env import NeedleInsertionEnv
 from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
+from sim.render_workers import RenderWorkerDied, render_in_workers
 from sim.scene import CAMERA_NAMES
 from sim.seeding import episode_seed
 
@@ -99,15 +99,12 @@ def render_placements(count: int, settings: RenderSettings, *, base_seed: int = 
                       workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame 0 of `count` placements -> images (count, cameras, 3, side, side) uint8, offsets (count, 3)."""
     tasks = [(base_seed, index, settings) for index in range(count)]
-    pool = None
-    if workers > 1 and count > 1:
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, count), initializer=single_render_thread)
-    results = pool.imap(render_placement, tasks, chunksize=8) if pool else map(render_placement, tasks)
+    results = render_in_workers(render_placement, tasks, workers, ordered=True)
     try:
         rendered = list(tqdm(results, total=count, desc="render", unit="placement", dynamic_ncols=True, leave=False))
+    except RenderWorkerDied as err:
+        raise UserError(f"{err} while rendering the {count} placements; re-run the same command") from None
     finally:
-        if pool is not None:
-            pool.terminate()
         close_render_env()
     images, offsets = zip(*rendered)
     return torch.from_numpy(np.stack(images)), torch.tensor(offsets, dtype=torch.float32)
@@ -271,4 +268,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

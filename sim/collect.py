@@ -29,8 +29,6 @@ Four options make demonstrations a policy learns more from (the env's success ru
 
 import argparse
 import math
-import multiprocessing
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from episode_format.atomic import remove_stale_temporaries
-from episode_format.errors import exit_on_user_error
+from episode_format.errors import UserError, exit_on_user_error
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from sim.env import CONTROL_HZ, NeedleInsertionEnv
 from sim.expert import ScriptedExpert
@@ -52,6 +50,7 @@ from sim.randomization import (
     randomization_from_args,
 )
 from sim.recorder import EpisodeRecorder
+from sim.render_workers import RenderWorkerDied, render_in_workers
 from sim.scene import CAMERA_NAMES
 from sim.seeding import MAX_ATTEMPTS, episode_seed
 
@@ -220,11 +219,6 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
         )
 
 
-def single_render_thread() -> None:
-    # a module-level function: spawn pickles the initializer, and os.environ's bound methods do not pickle
-    os.environ.setdefault("LP_NUM_THREADS", "1")
-
-
 def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> list[EpisodeOutcome]:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(settings.out_dir)
@@ -235,22 +229,18 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
 
     outcomes = []
     progress = tqdm(total=episodes, initial=len(existing), desc="episodes", unit="ep", dynamic_ncols=True)
-    if workers <= 1 or len(todo) <= 1:
-        results = (collect_episode(index, settings) for index in todo)
-        pool = None
-    else:
-        # llvmpipe renders with one thread per core by default; with one process per core, one each is faster.
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), initializer=single_render_thread)
-        results = pool.imap_unordered(_collect_in_worker, [(index, settings) for index in todo])
     try:
-        for outcome in results:
+        for outcome in render_in_workers(_collect_in_worker, [(i, settings) for i in todo], workers, ordered=False):
             outcomes.append(outcome)
             progress.update(1)
             progress.set_postfix(failed_attempts=sum(o.attempts - o.saved for o in outcomes))
+    except RenderWorkerDied as err:
+        lost = sorted(set(todo) - {o.index for o in outcomes})
+        raise UserError(f"{err} while recording episodes of {settings.out_dir}: {len(lost)} not recorded "
+                         f"({lost[:10]}{' ...' if len(lost) > 10 else ''}); the {len(existing) + len(outcomes)} "
+                         "saved are complete. Re-run the same command to record the missing ones.") from None
     finally:
         progress.close()
-        if pool is not None:
-            pool.terminate()
     return outcomes
 
 

@@ -12,6 +12,7 @@ import cv2
 import h5py
 import imageio.v2 as imageio
 import numpy as np
+import psutil
 import pytest
 
 from episode_format.jpeg import decode_jpeg
@@ -259,6 +260,39 @@ def test_no_partial_file_after_sigkill_and_the_rerun_completes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_000000.h5", "episode_000001.h5"]
     assert first.stat().st_mtime_ns == first_mtime
+
+
+def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_completes(tmp_path):
+    """A renderer crash killed a worker of a 160-episode collection, and multiprocessing.Pool waited forever for its
+    episode: the collector must stop, say what was lost, and keep what was saved."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sim.collect", "--episodes", "4", "--out", str(tmp_path), "--seed", "3", "--workers",
+         "2", *SMALL], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("episode_*.h5")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = psutil.Process(process.pid).children(recursive=True)
+    try:
+        workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+        assert len(workers) == 2, "the collector runs no worker processes"
+        workers[0].send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)  # a hang fails here
+    finally:  # nothing left running, whatever happened
+        if process.poll() is None:
+            process.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
+    assert process.returncode == 1
+    assert "error: a worker process died (it crashed or was killed) while recording episodes of" in stderr
+    assert "Re-run the same command to record the missing ones." in stderr
+    saved = sorted(tmp_path.glob("episode_*.h5"))
+    assert 1 <= len(saved) < 4
+    result = collect(tmp_path, 4, 3, "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert f"({len(saved)} already there)" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"episode_{i:06d}.h5" for i in range(4)]
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):
