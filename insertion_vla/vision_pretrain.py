@@ -99,9 +99,9 @@ def render_placements(count: int, settings: RenderSettings, *, base_seed: int = 
                       workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame 0 of `count` placements -> images (count, cameras, 3, side, side) uint8, offsets (count, 3)."""
     tasks = [(base_seed, index, settings) for index in range(count)]
-    results = render_in_workers(render_placement, tasks, workers, ordered=True)
     try:
-        rendered = list(tqdm(results, total=count, desc="render", unit="placement", dynamic_ncols=True, leave=False))
+        rendered = list(tqdm(render_in_workers(render_placement, tasks, workers, ordered=True), total=count,
+                             desc="render", unit="placement", dynamic_ncols=True, leave=False))
     except RenderWorkerDied as err:
         raise UserError(f"{err} while rendering the {count} placements; re-run the same command") from None
     finally:

@@ -210,6 +210,13 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
     except OSError as err:
         raise SystemExit(f"error: {path} exists but cannot be opened as HDF5 ({err}); remove it and re-run") from None
     differ = {key: found[key] for key in expected if found[key] is None or not np.isclose(float(found[key]), expected[key])}
+    if "perturb_stops_at_stand_off" in differ:  # no flag makes such episodes again: they are not to be extended
+        raise SystemExit(
+            f"error: {path} is from a perturbed collection whose noise went on during the insertion, before it "
+            "stopped at the stand-off (no perturb_stops_at_stand_off attribute): its demonstrations push the needle "
+            "through the eye wall beside the cannula. Collect into another --out directory, or delete that "
+            "directory's episode_*.h5 files and re-run."
+        )
     if differ:
         raise SystemExit(
             f"error: {path} was collected with {differ}, but this run asks for "
@@ -235,10 +242,11 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
             progress.update(1)
             progress.set_postfix(failed_attempts=sum(o.attempts - o.saved for o in outcomes))
     except RenderWorkerDied as err:
-        lost = sorted(set(todo) - {o.index for o in outcomes})
+        # From the disk: a worker may have saved an episode whose outcome never came back.
+        lost = [i for i in todo if not episode_path(settings.out_dir, i).exists()]
         raise UserError(f"{err} while recording episodes of {settings.out_dir}: {len(lost)} not recorded "
-                         f"({lost[:10]}{' ...' if len(lost) > 10 else ''}); the {len(existing) + len(outcomes)} "
-                         "saved are complete. Re-run the same command to record the missing ones.") from None
+                        f"({lost[:10]}{' ...' if len(lost) > 10 else ''}); the {episodes - len(lost)} saved are "
+                        "complete. Re-run the same command to record the missing ones.") from None
     finally:
         progress.close()
     return outcomes
@@ -324,7 +332,8 @@ def unsafe_warning(outcomes: list[EpisodeOutcome]) -> str | None:
         return None
     return (f"warning: in {len(unsafe)} of the {sum(o.saved for o in outcomes)} new episodes the needle entered the "
             "eye beside the trocar's cannula (attribute max_penetration_outside_trocar_mm > 0), which the evaluator "
-            f"counts as unsafe, and a policy trained on them learns it: remove episodes {unsafe} before training")
+            f"counts as unsafe, and a policy trained on them learns it: remove episodes {unsafe} before training (a "
+            "re-run of this command records the same ones again)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,12 +30,13 @@ def render_in_workers(fn: Callable, tasks: Iterable, workers: int, *, ordered: b
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=single_render_thread) as pool:
-        futures = [pool.submit(fn, task) for task in tasks]
+        futures = []
         try:
+            futures = [pool.submit(fn, task) for task in tasks]
             for future in futures if ordered else as_completed(futures):
                 yield future.result()
-        except BrokenProcessPool:
-            raise RenderWorkerDied("a worker process died (it crashed or was killed)") from None
+        except BrokenProcessPool as err:
+            raise RenderWorkerDied("a worker process died (it crashed or was killed)") from err
         finally:
             for future in futures:  # on an error or an early stop: nothing new starts, the running ones end
                 future.cancel()

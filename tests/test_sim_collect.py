@@ -137,7 +137,7 @@ def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_pa
         # The noise stops at the stand-off, so the needle enters the eye through the cannula (noise on the
         # insertion made it cross the eye wall beside it) and the collector has nothing to warn about.
         assert f.attrs["max_penetration_outside_trocar_mm"] == 0
-    assert "warning" not in result.stderr
+    assert "entered the eye beside" not in result.stderr
     approach = int(round(3.5 * 15))  # the expert's align phase: from the start to the stand-off
     noise = sent[:approach] - action[:approach]
     assert 0.003 < noise.std() < 0.005 and np.abs(sent[approach:] - action[approach:]).max() == 0
@@ -154,7 +154,8 @@ def test_perturbed_demonstrations_record_the_expert_correction(collected, tmp_pa
     with h5py.File(tmp_path / "episode_000000.h5", "a") as f:
         del f.attrs["perturb_stops_at_stand_off"]
     refused = collect(tmp_path, 2, 7, "--perturb_std", "0.004")
-    assert refused.returncode != 0 and "collected with {'perturb_stops_at_stand_off': 0}" in refused.stderr
+    assert refused.returncode != 0 and "whose noise went on during the insertion" in refused.stderr
+    assert "Collect into another --out directory, or delete that directory's episode_*.h5 files" in refused.stderr
     assert not (tmp_path / "episode_000001.h5").exists()
 
 
@@ -163,7 +164,7 @@ def test_the_collector_warns_about_unsafe_demonstrations_only():
     assert unsafe_warning(safe) is None
     warning = unsafe_warning([*safe, EpisodeOutcome(2, 2, saved=True, unsafe=True)])
     assert warning.startswith("warning: in 1 of the 2 new episodes the needle entered the eye beside the trocar")
-    assert warning.endswith("remove episodes [2] before training")
+    assert "remove episodes [2] before training" in warning
 
 
 def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(collected, tmp_path):
@@ -262,6 +263,13 @@ def test_no_partial_file_after_sigkill_and_the_rerun_completes(tmp_path):
     assert first.stat().st_mtime_ns == first_mtime
 
 
+def cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # it ended in between
+        return []
+
+
 def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_completes(tmp_path):
     """A renderer crash killed a worker of a 160-episode collection, and multiprocessing.Pool waited forever for its
     episode: the collector must stop, say what was lost, and keep what was saved."""
@@ -274,7 +282,7 @@ def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_comp
         time.sleep(0.05)
     children = psutil.Process(process.pid).children(recursive=True)
     try:
-        workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+        workers = [child for child in children if "spawn_main" in " ".join(cmdline(child))]
         assert len(workers) == 2, "the collector runs no worker processes"
         workers[0].send_signal(signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)  # a hang fails here
