@@ -233,15 +233,20 @@ def test_help_names_every_range_flag():
         assert flag in result.stdout, flag
 
 
+def wait_while_running(process: subprocess.Popen, done, seconds: float = 240) -> None:
+    """Until done() is true, the process has ended, or `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while not done() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_no_partial_file_after_sigkill_and_the_rerun_completes(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "sim.collect", "--episodes", "2", "--out", str(tmp_path), "--seed", "3", *SMALL],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     first = tmp_path / "episode_000000.h5"
-    deadline = time.monotonic() + 240
-    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_while_running(process, first.exists)
     assert first.exists(), "the collector wrote no episode"
     time.sleep(1.0)  # into the second episode
     os.kill(process.pid, signal.SIGKILL)
@@ -277,9 +282,7 @@ def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_comp
         [sys.executable, "-m", "sim.collect", "--episodes", "4", "--out", str(tmp_path), "--seed", "3", "--workers",
          "2", *SMALL], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("episode_*.h5")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_while_running(process, lambda: any(tmp_path.glob("episode_*.h5")))
     children = psutil.Process(process.pid).children(recursive=True)
     try:
         workers = [child for child in children if "spawn_main" in " ".join(cmdline(child))]
