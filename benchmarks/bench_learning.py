@@ -51,6 +51,7 @@ class Tier:
     train: dict = field(default_factory=dict)  # train_smolvla_sim.py overrides beyond BASE_TRAIN
     vlm_preset: str = "tiny"  # python -m insertion_vla.tiny_vlm --preset
     pretrain_vision: dict | None = None  # python -m insertion_vla.vision_pretrain flags; None: the VLM stays random
+    placement_estimate: bool = False  # the pretrained localizer's estimate in the state (dataset.placement_estimate)
 
 
 # What every tier trains with: train_config_smolvla_demo.yaml (the tiny VLM at 64x64 on CPU) changed where the
@@ -186,7 +187,8 @@ def main(argv=None):
     timings = {}
     collect_flags = flags({**COLLECT, **tier.placement, **tier.collect})
     config = ROOT / "train_config_smolvla_demo.yaml"
-    data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}"]
+    data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}",
+                      *([f"--dataset.placement_estimate={vlm}"] if tier.placement_estimate else [])]
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
@@ -204,12 +206,13 @@ def main(argv=None):
     else:
         run_phase("collect", [PYTHON, "-m", "sim.collect", "--episodes", episodes, "--out", data, "--seed", COLLECT_SEED,
                               "--workers", args.workers, *collect_flags], timings)
-        run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
         run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm, "--preset", tier.vlm_preset], timings)
         if tier.pretrain_vision is not None:  # the placements the tier's demonstrations are drawn from
             render = {**COLLECT, **tier.placement, "start_joint_range_deg": tier.collect.get("start_joint_range_deg", 0)}
             run_phase("pretrain vision", [PYTHON, "-m", "insertion_vla.vision_pretrain", vlm, "--workers", args.workers,
                                           *flags({**render, **tier.pretrain_vision})], timings)
+        # after the pretraining: with placement_estimate the statistics include the localizer's estimate
+        run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
         run_phase("train", [PYTHON, "train_smolvla_sim.py", "--config", config, *train_overrides], timings)
 
     finals = {}
@@ -229,7 +232,7 @@ def main(argv=None):
     evaluations = training_evaluations(run_dir)
     summary = {
         "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps, "vlm_preset": tier.vlm_preset,
-        "pretrain_vision": tier.pretrain_vision,
+        "pretrain_vision": tier.pretrain_vision, "placement_estimate": tier.placement_estimate,
         "collect_flags": collect_flags, "train_overrides": train_overrides, "eval_seed": args.eval_seed,
         "phase_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
         "loss_start": loss[0][1], "loss_end": loss[-1][1],

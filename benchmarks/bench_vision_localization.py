@@ -31,10 +31,9 @@ from transformers import AutoConfig
 
 from benchmarks.measure import load_average, machine, print_table
 from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
-from insertion_vla.dataset import resize_with_pad
+from insertion_vla.localizer import Localizer, localizer_images
 from insertion_vla.tiny_vlm import build_tiny_vlm
 from insertion_vla.vision_pretrain import (
-    Localizer,
     RenderSettings,
     image_side_problem,
     placement_offsets,
@@ -51,10 +50,10 @@ def load_frames(folder: Path, cameras: tuple, frames: int, side: int) -> tuple[t
     images, offsets = [], []
     for path in discover_episodes(folder, source="--episodes"):
         with open_episode(path, keys) as episode:
-            shown = [[resize_with_pad(episode.read_image(name, t), side, side) for name in cameras]
+            shown = [localizer_images({name: episode.read_image(name, t) for name in cameras}, cameras, side)
                      for t in range(min(frames, episode.length))]
             offsets.append(placement_offsets(episode.attrs))
-        images.append(np.array(shown).transpose(0, 1, 4, 2, 3))
+        images.append(np.array(shown))
     return torch.from_numpy(np.array(images)), torch.tensor(offsets, dtype=torch.float32)
 
 
@@ -105,7 +104,7 @@ def main() -> None:
     blind = (test_offsets - train_offsets.mean(0)).abs().mean(0)
 
     torch.manual_seed(args.seed)
-    model = Localizer(vlm_config, len(cameras), args.image_side)
+    model = Localizer(vlm_config, cameras, args.image_side)
     trained_on = args.episodes or "the simulator"
     print(f"machine: {machine()}; {load_average()}; {len(train_offsets)} training frames from {trained_on}, "
           f"{len(test_offsets)} held-out episodes from {args.held_out}; cameras {', '.join(cameras)}; {args.preset}; "

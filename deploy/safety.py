@@ -133,6 +133,12 @@ def check_layout(policy, dataset_cfg: dict, robot, jpeg_quality: int) -> PolicyI
     """Refuse to move unless the policy's inputs and outputs are what this robot has: its cameras (by the training
     config's dataset.cameras, with advice for this robot), then the evaluator's checks of the state (qpos /
     ee_pose, its size) and of the action (6 joint positions). Returns the policy's inputs on this robot."""
+    if dataset_cfg.get("placement_estimate") and robot.name == "meca500":
+        raise UserError(
+            f"the policy's state ends with the placement estimate of {dataset_cfg['placement_estimate']} "
+            "(dataset.placement_estimate), a localizer trained on rendered frames of the simulated phantom: on the "
+            "real robot its estimate means nothing, and the arm would go where it points. Deploy a policy trained "
+            "without it (dataset.placement_estimate: null), or try this one on --robot sim.")
     keys = keys_from_config(dataset_cfg)
     advice = ("name the cameras as the training episodes did: --cameras \"{" +
               ", ".join(f"{name}: DEVICE" for name in keys.cameras) + "}\"" if robot.name == "meca500" else

@@ -3,7 +3,8 @@
 Loading: an exported `final_hf/` (lerobot's own loading) or a training `checkpoint_*.pt`, with the training config
 that says how the policy saw the data. Input: a simulator observation turned into the batch the training data
 loader would have built from the same frame recorded by sim/ (camera -> lerobot key, JPEG round trip at the
-collector's quality, resize with padding, the same state and task instruction).
+collector's quality, resize with padding, the same state and task instruction; with dataset.placement_estimate the
+state ends with the localizer's estimate from the episode's first observation, as from its recorded frame 0).
 """
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from insertion_vla.config import defaults, load_config
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
+from insertion_vla.localizer import ESTIMATE_NAMES, localizer_from_config
 from sim.recorder import TASK_INSTRUCTION
 from sim.scene import CAMERA_NAMES
 
@@ -33,6 +35,7 @@ class PolicyInputs:
     task: str
     image_side: int  # policy.resize_imgs_with_padding (square)
     jpeg_quality: int  # JPEG round trip as the collector stores frames; 0: none
+    localizer: object = None  # insertion_vla.localizer.Localizer (dataset.placement_estimate), or None
 
 
 @dataclass
@@ -117,29 +120,43 @@ def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QU
         raise UserError(f"the policy's state comes from {missing}, which the simulator does not provide "
                         f"(it has {list(SIM_STATE)}); set dataset.use_ee_pose / use_qpos / state_key accordingly")
     state = tuple(SIM_STATE[key] for key in keys.state_keys)
+    localizer = localizer_from_config(dataset_cfg)
+    given = 6 * len(state) + (len(ESTIMATE_NAMES) if localizer is not None else 0)
     state_dim = policy.config.robot_state_feature.shape[0]
-    if state_dim != 6 * len(state):
-        raise UserError(f"the policy expects a state of {state_dim} values, but {list(keys.state_keys)} give "
-                        f"{6 * len(state)}: pass --config with the config the policy was trained with")
+    if state_dim != given:
+        raise UserError(f"the policy expects a state of {state_dim} values, but {list(keys.state_keys)}"
+                        f"{' and the placement estimate' if localizer is not None else ''} give {given}: pass "
+                        "--config with the config the policy was trained with")
     action_dim = policy.config.action_feature.shape[0]
     if action_dim != 6:
         raise UserError(f"the policy outputs {action_dim} action values; the simulator takes 6 joint positions")
     return PolicyInputs(
         cameras=cameras, state=state, task=dataset_cfg["task_instruction"] or TASK_INSTRUCTION,
-        image_side=policy.config.resize_imgs_with_padding[0], jpeg_quality=jpeg_quality,
+        image_side=policy.config.resize_imgs_with_padding[0], jpeg_quality=jpeg_quality, localizer=localizer,
     )
 
 
-def observation_batch(observation: dict, inputs: PolicyInputs) -> dict:
-    """One simulator observation as a dataset batch of one (uint8 images, state, task), for prepare_batch."""
+def as_recorded(image: np.ndarray, jpeg_quality: int) -> np.ndarray:
+    """A rendered frame as the episode file would give it back: through the JPEG round trip (quality 0: none)."""
+    return decode_jpeg(encode_jpeg(image, jpeg_quality)) if jpeg_quality else image
+
+
+def placement_estimate(observation: dict, inputs: PolicyInputs) -> np.ndarray:
+    """The localizer's estimate from an episode's first observation, as training made it from the recorded frame 0."""
+    localizer = inputs.localizer
+    return localizer.estimate({camera: as_recorded(observation["images"][camera], inputs.jpeg_quality)
+                               for camera in localizer.cameras})
+
+
+def observation_batch(observation: dict, inputs: PolicyInputs, estimate: np.ndarray | None = None) -> dict:
+    """One simulator observation as a dataset batch of one (uint8 images, state, task), for prepare_batch;
+    `estimate`: the episode's placement estimate, appended to the state (inputs.localizer's)."""
     batch = {}
     for camera, key in inputs.cameras.items():
-        image = observation["images"][camera]
-        if inputs.jpeg_quality:
-            image = decode_jpeg(encode_jpeg(image, inputs.jpeg_quality))
-        image = resize_with_pad(image, inputs.image_side, inputs.image_side)
+        image = resize_with_pad(as_recorded(observation["images"][camera], inputs.jpeg_quality), inputs.image_side,
+                                inputs.image_side)
         batch[key] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).unsqueeze(0)
-    state = np.concatenate([observation[name] for name in inputs.state]).astype(np.float32)
-    batch["observation.state"] = torch.from_numpy(state).unsqueeze(0)
+    parts = [observation[name] for name in inputs.state] + ([estimate] if estimate is not None else [])
+    batch["observation.state"] = torch.from_numpy(np.concatenate(parts).astype(np.float32)).unsqueeze(0)
     batch["task"] = [inputs.task]
     return batch

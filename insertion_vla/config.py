@@ -70,6 +70,11 @@ SCHEMA = {
         "use_qpos": _field(False, help="state includes observations/qpos (when state_key is null)"),
         "state_key": _field(None, str, NoneType, help="HDF5 path of the state; overrides use_ee_pose/use_qpos"),
         "action_key": _field("action", help="HDF5 path of the action"),
+        "placement_estimate": _field(None, str, NoneType,
+                                     help="a VLM folder pretrained by insertion_vla.vision_pretrain: its localizer's "
+                                          "estimate of the phantom's placement (dx, dy mm, yaw deg) from each "
+                                          "episode's first frame is appended to the state (simulator episodes); "
+                                          "null: none"),
         "task_instruction": _field(
             "Insert needle into eye trocar in simulation", str, NoneType,
             help="language instruction; null: each episode's `task` attribute",

@@ -19,7 +19,9 @@ head to regress the placement (dx, dy in mm, yaw in deg). The VLM in VLM_DIR (fr
 insertion_vla.tiny_vlm`) then gets weights: the trained image path, its text model random as lerobot would start
 it, written as model.safetensors beside a pretraining.json of the settings and held-out errors. The policy loads
 them with `policy.load_vlm_weights: true`; leave the vision encoder trainable (freeze_vision_encoder false) or
-frozen as the run needs.
+frozen as the run needs. The whole localizer, its head included, is kept as localizer.safetensors: with
+`dataset.placement_estimate: VLM_DIR` its estimate from each episode's first frame becomes part of the policy's
+state (insertion_vla.localizer).
 """
 
 import argparse
@@ -34,12 +36,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import AutoConfig, SmolVLMForConditionalGeneration
-from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
 from episode_format.atomic import atomic_output, atomic_write_text
 from episode_format.errors import UserError, exit_on_user_error
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
-from insertion_vla.dataset import resize_with_pad
+from insertion_vla.localizer import LOCALIZER_FILE, Localizer, as_pixels, localizer_images
 from sim.env import NeedleInsertionEnv
 from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
 from sim.render_workers import RenderWorkerDied, render_in_workers
@@ -83,9 +84,8 @@ def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray,
         _worker_env = (settings, env)
     observation, info = _worker_env[1].reset(seed=episode_seed(base_seed, index))
     # Through the recorder's JPEG round trip, so that these frames are the recorded ones.
-    images = [resize_with_pad(decode_jpeg(encode_jpeg(observation["images"][name], DEFAULT_JPEG_QUALITY)),
-                              settings.side, settings.side) for name in settings.cameras]
-    return np.stack(images).transpose(0, 3, 1, 2), placement_offsets(info["scene_params"])
+    frames = {name: decode_jpeg(encode_jpeg(observation["images"][name], DEFAULT_JPEG_QUALITY)) for name in settings.cameras}
+    return localizer_images(frames, settings.cameras, settings.side), placement_offsets(info["scene_params"])
 
 
 def close_render_env() -> None:
@@ -119,45 +119,21 @@ def image_side_problem(vlm_config, side: int, vlm_name: str) -> str | None:
     return None
 
 
-def as_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> [-1, 1], as SmolVLA scales them."""
-    return images.float() / 127.5 - 1.0
-
-
-class Localizer(torch.nn.Module):
-    """SmolVLA's image path (vision encoder, then the pixel-shuffle connector), every camera's tokens into a linear
-    head."""
-
-    def __init__(self, vlm_config, cameras: int, side: int):
-        super().__init__()
-        self.vision = SmolVLMVisionTransformer(vlm_config.vision_config)
-        self.connector = SmolVLMConnector(vlm_config)
-        tokens = (side // vlm_config.vision_config.patch_size) ** 2 // vlm_config.scale_factor**2
-        self.head = torch.nn.Linear(cameras * tokens * vlm_config.text_config.hidden_size, 3)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, cameras, 3, H, W) in [-1, 1] -> (B, 3)
-        batch = images.shape[0]
-        tokens = self.connector(self.vision(pixel_values=images.flatten(0, 1)).last_hidden_state)
-        return self.head(tokens.reshape(batch, -1))
-
-
 def train_localizer(model: Localizer, images: torch.Tensor, offsets: torch.Tensor, *, steps: int, batch_size: int,
                     lr: float, seed: int, evaluate=None, every: int = 250) -> list:
     """AdamW with cosine decay on the offsets normalized by their mean and std. `evaluate(step, loss, predict)`
     runs every `every` steps and at the end (predict: images -> offsets in mm, mm, deg); returns its results."""
     # A range of 0 (e.g. --phantom_yaw_range_deg 0) makes that target the constant 0, not a division by 0.
-    mean, std = offsets.mean(0), offsets.std(0).clamp_min(1e-6)
-
-    def predict(batch: torch.Tensor) -> torch.Tensor:
-        return model(as_pixels(batch)) * std + mean
-
+    model.target_mean.copy_(offsets.mean(0))
+    model.target_std.copy_(offsets.std(0).clamp_min(1e-6))
+    normalized = (offsets - model.target_mean) / model.target_std
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator, results = torch.Generator().manual_seed(seed), []
     model.train()
     for step in tqdm(range(1, steps + 1), desc="train", unit="step", dynamic_ncols=True, leave=False):
         index = torch.randint(len(offsets), (batch_size,), generator=generator)
-        loss = torch.nn.functional.mse_loss(model(as_pixels(images[index])), (offsets[index] - mean) / std)
+        loss = torch.nn.functional.mse_loss(model(as_pixels(images[index])), normalized[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -165,19 +141,21 @@ def train_localizer(model: Localizer, images: torch.Tensor, offsets: torch.Tenso
         if evaluate is not None and (step % every == 0 or step == steps):
             model.eval()
             with torch.no_grad():
-                results.append(evaluate(step, loss.item(), predict))
+                results.append(evaluate(step, loss.item(), model.predict))
             model.train()
     return results
 
 
 def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict) -> None:
-    """Give the VLM in vlm_dir weights: the trained image path, the rest as SmolVLM starts it. Its config, tokenizer
-    and processor stay; model.safetensors and pretraining.json are each written atomically, the record first (a
-    crash between the two leaves no weights that a record does not describe)."""
+    """Give the VLM in vlm_dir weights: the trained image path, the rest as SmolVLM starts it; and keep the whole
+    localizer, its head included, for dataset.placement_estimate. Its config, tokenizer and processor stay;
+    pretraining.json, localizer.safetensors and model.safetensors are each written atomically, the record first (a
+    crash between them leaves no weights that a record does not describe)."""
     vlm = SmolVLMForConditionalGeneration(AutoConfig.from_pretrained(vlm_dir))
     vlm.model.vision_model.load_state_dict(model.vision.state_dict())
     vlm.model.connector.load_state_dict(model.connector.state_dict())
     atomic_write_text(vlm_dir / RECORD_FILE, json.dumps(record, indent=2))
+    model.save(vlm_dir / LOCALIZER_FILE)
     with tempfile.TemporaryDirectory(dir=vlm_dir.parent) as saved, atomic_output(vlm_dir / WEIGHTS_FILE) as tmp:
         vlm.save_pretrained(saved)  # transformers' names and layout of the weights, float32
         shutil.move(Path(saved) / WEIGHTS_FILE, tmp)
@@ -244,7 +222,7 @@ def main(argv=None) -> None:
           f"misses by dx {blind[0]:.2f} mm, dy {blind[1]:.2f} mm, yaw {blind[2]:.2f} deg")
 
     torch.manual_seed(args.seed)
-    model = Localizer(args.vlm_config, len(settings.cameras), args.image_side)
+    model = Localizer(args.vlm_config, settings.cameras, args.image_side)
 
     def evaluate(step, loss, predict):
         error = (predict(test_images) - test_offsets).abs().mean(0)
@@ -264,7 +242,8 @@ def main(argv=None) -> None:
               "train_seconds": round(time.perf_counter() - started, 1)}
     write_vlm_weights(model, args.vlm_dir, record)
     print(f"wrote the pretrained image path into {args.vlm_dir / WEIGHTS_FILE} (use it with "
-          f"--policy.vlm_model_name={args.vlm_dir} --policy.load_vlm_weights=true)")
+          f"--policy.vlm_model_name={args.vlm_dir} --policy.load_vlm_weights=true) and the localizer into "
+          f"{args.vlm_dir / LOCALIZER_FILE} (its estimate in the state: --dataset.placement_estimate={args.vlm_dir})")
 
 
 if __name__ == "__main__":

@@ -6,25 +6,30 @@ Every convention has a negative control: the same check on data shifted by a fra
 mapping) fails, so a passing check means the convention holds, not that the check cannot see a violation.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from collected_runs import overfit_run, randomized_episode
+from collected_runs import overfit_run, pretrained_vlm, randomized_episode
 from episode_files import write_episode
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
 from torch.utils.data import default_collate
 
 from episode_format import ACTION_KEY, EE_POSE_KEY, IMAGES_GROUP, QPOS_KEY
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY
+from episode_format.reader import open_episode
+from evaluation.policy_io import PolicyInputs, observation_batch, placement_estimate
 from evaluation.rollout import run_episode
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
+from insertion_vla.localizer import load_localizer
 from insertion_vla.policy import predict_action_chunk, prepare_batch
+from insertion_vla.stats import compute_stats
 from sim.env import NeedleInsertionEnv
 from sim.randomization import DomainRandomization, PhantomPlacement
 
@@ -123,6 +128,47 @@ def test_the_dataset_sample_at_frame_t_holds_action_t_and_state_t(recording):
     # off would fail the equalities above.
     for array in (recording.action, recording.ee_pose):
         assert np.mean(np.any(array[1:] != array[:-1], axis=1)) > 0.8
+
+
+def test_training_and_the_evaluator_append_the_same_placement_estimate(recording, tmp_path_factory):
+    """dataset.placement_estimate: every sample of an episode ends its state with the localizer's estimate from the
+    recorded frame 0, the statistics describe that state, and the evaluator's driver makes the same estimate from
+    the episode's first observation (rendered again from the recorded seed, through the recorder's JPEG round
+    trip)."""
+    localizer = load_localizer(pretrained_vlm(tmp_path_factory))
+    dataset_cfg = defaults()["dataset"]
+    keys = keys_from_config(dataset_cfg)
+    dataset = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), localizer=localizer)
+    estimate = dataset[0]["observation.state"].numpy()[6:]
+    assert dataset.state_dim == 9 and estimate.shape == (3,)
+    for t in (0, len(dataset) // 2, len(dataset) - 1):
+        state = dataset[t]["observation.state"].numpy()
+        np.testing.assert_array_equal(state[:6], recording.ee_pose[t])
+        np.testing.assert_array_equal(state[6:], estimate)
+    stats, _ = compute_stats([recording.path], keys, progress=False, localizer=localizer)
+    np.testing.assert_allclose(stats["observation.state"]["mean"][6:], estimate, rtol=1e-6)
+    np.testing.assert_allclose(stats["observation.state"]["mean"][:6], recording.ee_pose.mean(0), rtol=1e-5, atol=1e-7)
+
+    attrs = recording.attrs
+    env = NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
+                             dr=DomainRandomization() if attrs["dr_enabled"] else None,
+                             phantom=PhantomPlacement.from_attrs(attrs),
+                             start_joint_range_deg=float(attrs["start_joint_range_deg"]))
+    observation, _ = env.reset(seed=int(attrs["sim_seed"]))
+    env.close()
+    inputs = PolicyInputs(cameras={camera: f"observation.images.{name}" for camera, name in keys.cameras.items()},
+                          state=("ee_pose",), task="", image_side=64, jpeg_quality=DEFAULT_JPEG_QUALITY,
+                          localizer=localizer)
+    driver_estimate = placement_estimate(observation, inputs)
+    np.testing.assert_allclose(driver_estimate, estimate, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(observation_batch(observation, inputs, driver_estimate)["observation.state"][0].numpy(),
+                               dataset[0]["observation.state"].numpy(), rtol=0, atol=1e-5)
+    # Negative controls: the rendered frame without the JPEG round trip, and a later recorded frame, give other
+    # estimates, so the equality above would catch either mistake.
+    assert np.abs(placement_estimate(observation, replace(inputs, jpeg_quality=0)) - estimate).max() > 1e-4
+    with open_episode(recording.path, keys) as episode:
+        later = localizer.estimate({camera: episode.read_image(camera, len(dataset) // 2) for camera in localizer.cameras})
+    assert np.abs(later - estimate).max() > 1e-4
 
 
 class RecordedActionsDriver:

@@ -35,7 +35,7 @@ from deploy import meca500
 from deploy.cameras import CameraCapture
 from deploy.control_loop import ControlLoop, LoopSettings
 from deploy.recording import DryRunLog
-from deploy.safety import DEFAULT_WORKSPACE, SafetyLimits, SafetyStop, check_command, check_observation
+from deploy.safety import DEFAULT_WORKSPACE, SafetyLimits, SafetyStop, check_command, check_layout, check_observation
 from deploy.session import make_robot
 from deploy.sim_robot import SimRobot, physics_substeps
 from deploy.stop_request import StopRequest
@@ -466,6 +466,19 @@ def test_meca500_refuses_a_camera_layout_the_policy_was_not_trained_on(export, c
     with pytest.raises(UserError, match=r"\['tool_camera', 'top_camera'\] missing.*--cameras \"\{side_camera: DEVICE"):
         robot_cli(["--policy", export, "--robot", "meca500", "--robot.address", "127.0.0.1", "--cameras",
                   "{side_camera: 0, wrist: 1}", "--device", "cpu"])
+
+
+def test_meca500_refuses_a_policy_that_sees_the_simulated_placement_estimate(export):
+    """dataset.placement_estimate is a localizer trained on rendered frames: on the real robot, refused before
+    anything connects (the same policy and config without it pass the same check)."""
+    loaded = load_policy(export, "cpu")
+    dataset_cfg = training_config_of_export(export)[0]["dataset"]
+    argv = ["--policy", export, "--robot", "meca500", "--robot.address", "127.0.0.1", "--cameras",
+            "{side_camera: 0, tool_camera: 1, top_camera: 2}"]
+    robot = make_robot(cli.parse_args([str(a) for a in argv]), dataset_cfg)  # builds, connects to nothing
+    with pytest.raises(UserError, match="placement estimate of /any/vlm .*on the real robot.*placement_estimate: null"):
+        check_layout(loaded.policy, {**dataset_cfg, "placement_estimate": "/any/vlm"}, robot, 90)
+    check_layout(loaded.policy, dataset_cfg, robot, 90)
 
 
 def test_the_meca500_cameras_are_asked_for_the_size_of_the_training_frames(export):

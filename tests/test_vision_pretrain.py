@@ -3,27 +3,27 @@ written into a tiny VLM's folder, and a real SmolVLAPolicy that loads it with po
 
 import json
 
+import collected_runs
 import numpy as np
 import pytest
 import torch
+from collected_runs import PLACED
 from fixtures_policy import CAMERA_KEYS, make_policy_cfg, make_stats
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 
+from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
+from insertion_vla.localizer import LOCALIZER_FILE, load_localizer
 from insertion_vla.policy import build_policy
 from insertion_vla.tiny_vlm import build_tiny_vlm
-from insertion_vla.vision_pretrain import WEIGHTS_FILE, main
-
-PLACEMENT = ["--phantom_x_range", "0.01", "--phantom_y_min", "-0.01", "--phantom_y_max", "0.01"]
+from insertion_vla.vision_pretrain import RENDER_BASE_SEED, WEIGHTS_FILE, RenderSettings, close_render_env, main, render_placement
+from sim.randomization import DomainRandomization, PhantomPlacement
 
 
 @pytest.fixture(scope="module")
 def pretrained_vlm(tmp_path_factory):
-    vlm_dir = build_tiny_vlm(tmp_path_factory.mktemp("pretrain") / "vlm", "tiny-vision")
-    main([str(vlm_dir), "--placements", "3", "--held_out", "2", "--steps", "2", "--workers", "1", "--width", "64",
-          "--height", "48", *PLACEMENT])
-    return vlm_dir
+    return collected_runs.pretrained_vlm(tmp_path_factory)
 
 
 def image_path_weights(vlm_dir) -> dict:
@@ -96,8 +96,36 @@ def test_bad_flags_are_refused_before_any_rendering(pretrained_vlm, flags, messa
 def test_a_fixed_range_is_a_constant_target_not_nan(tmp_path):
     vlm_dir = build_tiny_vlm(tmp_path / "vlm", "tiny-vision")
     main([str(vlm_dir), "--placements", "2", "--held_out", "1", "--steps", "1", "--workers", "1", "--width", "64",
-          "--height", "48", *PLACEMENT, "--phantom_yaw_range_deg", "0"])
+          "--height", "48", *PLACED, "--phantom_yaw_range_deg", "0"])
     errors = json.loads((vlm_dir / "pretraining.json").read_text())["held_out_errors"]
     assert all(np.isfinite([e["dx_mm"], e["dy_mm"], e["yaw_deg"]]).all() for e in errors)
     with safe_open(str(vlm_dir / WEIGHTS_FILE), framework="pt") as f:
         assert all(torch.isfinite(f.get_tensor(key)).all() for key in f.keys())
+
+
+def test_the_whole_localizer_is_kept_beside_the_image_path_it_gives_the_policy(pretrained_vlm):
+    """dataset.placement_estimate loads it: the same trained encoder and connector as model.safetensors, its head,
+    and the normalization of its targets (mm, mm, deg), so that its estimate is in the units it was trained in."""
+    localizer = load_localizer(pretrained_vlm)
+    saved = image_path_weights(pretrained_vlm)
+    for part, prefix in ((localizer.vision, "model.vision_model."), (localizer.connector, "model.connector.")):
+        for key, tensor in part.state_dict().items():
+            torch.testing.assert_close(tensor, saved[prefix + key], rtol=0, atol=0, msg=key)
+    assert localizer.cameras == ("side_camera", "tool_camera", "top_camera") and localizer.side == 64
+    # The targets' spread of the 3 rendered placements, not the initial 1: the estimate comes back in mm and deg.
+    settings = RenderSettings(phantom=PhantomPlacement(x_range=0.01, y_min=-0.01, y_max=0.01), dr=DomainRandomization(),
+                              width=64, height=48)
+    rendered = [render_placement((RENDER_BASE_SEED, index, settings)) for index in range(3)]
+    close_render_env()
+    offsets = torch.tensor([offset for _, offset in rendered], dtype=torch.float32)
+    torch.testing.assert_close(localizer.target_mean, offsets.mean(0))
+    torch.testing.assert_close(localizer.target_std, offsets.std(0))
+    images = torch.from_numpy(np.stack([image for image, _ in rendered]))
+    estimates = localizer.predict(images)
+    assert estimates.shape == (3, 3) and torch.isfinite(estimates).all()
+
+
+def test_a_folder_without_a_localizer_is_refused_with_the_command_that_writes_one(tmp_path):
+    vlm_dir = build_tiny_vlm(tmp_path / "vlm", "tiny-vision")
+    with pytest.raises(UserError, match=f"no {LOCALIZER_FILE} there.*python -m insertion_vla.vision_pretrain {vlm_dir}"):
+        load_localizer(vlm_dir)
