@@ -79,7 +79,8 @@ SEEING = {"policy.freeze_vision_encoder": False, "policy.train_expert_only": Fal
 # 10.4 mm. Starts within +/-5 deg per joint (tip spread 7-16 mm, the placement's 6 mm): 0/20 at 6.4 mm.
 # The perturbation stops at the stand-off (perturb_stops_at_stand_off): until it did, it went on during the insertion
 # and every narrow demonstration (160 of 160, the full tier's not checked) crossed the eye wall beside the 0.8 mm
-# cannula (benchmarks/README.md).
+# cannula (benchmarks/README.md). Recovery noise on or off made no difference on the narrow tier (160 demonstrations:
+# 0/20 at 4.37 mm with it, 1/20 at 4.63 mm with perturb_std 0); it stays, costing nothing.
 RECOVERING = {"hold_seconds": 2, "perturb_std": 0.002, "start_joint_range_deg": 5}
 # The vision encoder's error on the placement falls with the number of placements it sees (1280 rendered: 1.4 mm,
 # 160: 3.3 mm): pretrain it on rendered first frames before the policy trains (insertion_vla.vision_pretrain).
