@@ -3,11 +3,13 @@
     python -m benchmarks.bench_learning --tier fixed|narrow|full [--out DIR] [--eval_seed S] [--eval_episodes N]
            [--episodes E] [--steps K] [--workers W] [any train_smolvla_sim.py override, e.g. --policy.n_action_steps=5]
 
-Every phase is the toolkit's own command line (sim.collect, compute_dataset_stats.py, insertion_vla.tiny_vlm,
-train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file only chooses settings.
+Every phase is the toolkit's own command line (sim.collect, insertion_vla.tiny_vlm, insertion_vla.vision_pretrain,
+compute_dataset_stats.py, train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file
+only chooses settings.
 Tiers differ in where the eye phantom stands (domain randomization is the collector's default, all on), and in
 the settings that TIERS below gives each (demonstrations, steps, the collector's hold, perturbation and start
-range, the VLM and whether its image path is pretrained on rendered placements first):
+range, the VLM, whether its image path is pretrained on rendered placements first and whether the pretrained
+localizer's placement estimate is part of the state):
   fixed   the phantom always at its nominal place;
   narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
   full    the collector's default placement.
