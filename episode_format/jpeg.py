@@ -21,3 +21,9 @@ def decode_jpeg(buffer: np.ndarray) -> np.ndarray:
     if image is None:
         raise ValueError("cannot decode JPEG frame")
     return image
+
+
+def as_recorded(image: np.ndarray, quality: int) -> np.ndarray:
+    """A rendered uint8 RGB frame as an episode file gives it back: through the JPEG round trip at `quality`
+    (0: none, the frame as it is)."""
+    return decode_jpeg(encode_jpeg(image, quality)) if quality else image

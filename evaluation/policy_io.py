@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY, as_recorded
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults, load_config
 from insertion_vla.dataset import resize_with_pad
@@ -134,11 +134,6 @@ def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QU
         cameras=cameras, state=state, task=dataset_cfg["task_instruction"] or TASK_INSTRUCTION,
         image_side=policy.config.resize_imgs_with_padding[0], jpeg_quality=jpeg_quality, localizer=localizer,
     )
-
-
-def as_recorded(image: np.ndarray, jpeg_quality: int) -> np.ndarray:
-    """A rendered frame as the episode file would give it back: through the JPEG round trip (quality 0: none)."""
-    return decode_jpeg(encode_jpeg(image, jpeg_quality)) if jpeg_quality else image
 
 
 def placement_estimate(observation: dict, inputs: PolicyInputs) -> np.ndarray:

@@ -39,7 +39,7 @@ from transformers import AutoConfig, SmolVLMForConditionalGeneration
 
 from episode_format.atomic import atomic_output, atomic_write_text
 from episode_format.errors import UserError, exit_on_user_error
-from episode_format.jpeg import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg
+from episode_format.jpeg import DEFAULT_JPEG_QUALITY, as_recorded
 from insertion_vla.localizer import LOCALIZER_FILE, Localizer, as_pixels, localizer_images
 from sim.env import NeedleInsertionEnv
 from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
@@ -84,7 +84,7 @@ def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray,
         _worker_env = (settings, env)
     observation, info = _worker_env[1].reset(seed=episode_seed(base_seed, index))
     # Through the recorder's JPEG round trip, so that these frames are the recorded ones.
-    frames = {name: decode_jpeg(encode_jpeg(observation["images"][name], DEFAULT_JPEG_QUALITY)) for name in settings.cameras}
+    frames = {name: as_recorded(observation["images"][name], DEFAULT_JPEG_QUALITY) for name in settings.cameras}
     return localizer_images(frames, settings.cameras, settings.side), placement_offsets(info["scene_params"])
 
 

@@ -57,15 +57,20 @@ def recording(tmp_path_factory) -> Recording:
     return Recording.read(randomized_episode(tmp_path_factory))
 
 
+def env_of(attrs: dict, render_images: bool) -> NeedleInsertionEnv:
+    """The env an episode was collected in, from its attributes: image size, placement range, the collector's domain
+    randomization, start range."""
+    return NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
+                              dr=DomainRandomization() if attrs["dr_enabled"] else None,
+                              phantom=PhantomPlacement.from_attrs(attrs),
+                              start_joint_range_deg=float(attrs["start_joint_range_deg"]), render_images=render_images)
+
+
 @pytest.fixture(scope="module")
 def collection_env(recording):
-    """The env the episode was collected in: its placement range, the collector's domain randomization, no images
-    (the physics and the joint noise do not depend on rendering)."""
-    attrs = recording.attrs
-    phantom = PhantomPlacement.from_attrs(attrs)
-    env = NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
-                             dr=DomainRandomization() if attrs["dr_enabled"] else None, phantom=phantom,
-                             start_joint_range_deg=float(attrs["start_joint_range_deg"]), render_images=False)
+    """The env the episode was collected in, without images (the physics and the joint noise do not depend on
+    rendering)."""
+    env = env_of(recording.attrs, render_images=False)
     yield env
     env.close()
 
@@ -149,12 +154,8 @@ def test_training_and_the_evaluator_append_the_same_placement_estimate(recording
     np.testing.assert_allclose(stats["observation.state"]["mean"][6:], estimate, rtol=1e-6)
     np.testing.assert_allclose(stats["observation.state"]["mean"][:6], recording.ee_pose.mean(0), rtol=1e-5, atol=1e-7)
 
-    attrs = recording.attrs
-    env = NeedleInsertionEnv(width=int(attrs["image_width"]), height=int(attrs["image_height"]),
-                             dr=DomainRandomization() if attrs["dr_enabled"] else None,
-                             phantom=PhantomPlacement.from_attrs(attrs),
-                             start_joint_range_deg=float(attrs["start_joint_range_deg"]))
-    observation, _ = env.reset(seed=int(attrs["sim_seed"]))
+    env = env_of(recording.attrs, render_images=True)
+    observation, _ = env.reset(seed=int(recording.attrs["sim_seed"]))
     env.close()
     inputs = PolicyInputs(cameras={camera: f"observation.images.{name}" for camera, name in keys.cameras.items()},
                           state=("ee_pose",), task="", image_side=64, jpeg_quality=DEFAULT_JPEG_QUALITY,
