@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
@@ -101,10 +101,26 @@ def load_localizer(vlm_dir) -> Localizer:
                         f"`python -m insertion_vla.vision_pretrain {vlm_dir}` with the settings of the pretraining "
                         "there (its pretraining.json; a folder pretrained before the localizer was kept has none: "
                         "run it again).")
-    with safe_open(str(path), framework="pt") as f:
-        metadata, tensors = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
-    model = Localizer(AutoConfig.from_pretrained(vlm_dir), tuple(json.loads(metadata["cameras"])), int(metadata["side"]))
-    model.load_state_dict(tensors)
+    rewrite = (f"write it again with `python -m insertion_vla.vision_pretrain {vlm_dir}` (the settings of its "
+               "pretraining.json)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}
+        cameras, side = tuple(json.loads(metadata["cameras"])), int(metadata["side"])
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise UserError(f"dataset.placement_estimate={vlm_dir}: {path} is not a localizer vision_pretrain wrote "
+                        f"({type(err).__name__}: {err}); {rewrite}") from None
+    try:
+        vlm_config = AutoConfig.from_pretrained(vlm_dir)
+    except (OSError, ValueError) as err:
+        raise UserError(f"dataset.placement_estimate={vlm_dir}: its VLM config.json cannot be read ({err}); the "
+                        "localizer is built from the VLM it was pretrained in: name that folder") from None
+    model = Localizer(vlm_config, cameras, side)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise UserError(f"dataset.placement_estimate={vlm_dir}: {path} does not fit the VLM of {vlm_dir / 'config.json'} "
+                        f"({str(err).splitlines()[0]} ...); {rewrite}") from None
     return model.eval().requires_grad_(False)
 
 

@@ -2,6 +2,7 @@
 written into a tiny VLM's folder, and a real SmolVLAPolicy that loads it with policy.load_vlm_weights."""
 
 import json
+import shutil
 
 import collected_runs
 import numpy as np
@@ -129,3 +130,19 @@ def test_a_folder_without_a_localizer_is_refused_with_the_command_that_writes_on
     vlm_dir = build_tiny_vlm(tmp_path / "vlm", "tiny-vision")
     with pytest.raises(UserError, match=f"no {LOCALIZER_FILE} there.*python -m insertion_vla.vision_pretrain {vlm_dir}"):
         load_localizer(vlm_dir)
+
+
+def test_a_damaged_or_mismatched_localizer_is_refused_naming_the_file_and_the_fix(pretrained_vlm, tmp_path):
+    """A truncated localizer.safetensors (an interrupted copy) and one beside another VLM's config (its encoder a
+    different size) each get a UserError naming the file and the command that writes it, not a raw traceback."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(pretrained_vlm, damaged)
+    data = (damaged / LOCALIZER_FILE).read_bytes()
+    (damaged / LOCALIZER_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=f"{damaged / LOCALIZER_FILE} is not a localizer.*vision_pretrain {damaged}"):
+        load_localizer(damaged)
+    mismatched = build_tiny_vlm(tmp_path / "other", "tiny")
+    shutil.copy(pretrained_vlm / LOCALIZER_FILE, mismatched / LOCALIZER_FILE)
+    with pytest.raises(UserError, match=f"does not fit the VLM of {mismatched / 'config.json'}"):
+        load_localizer(mismatched)
+    assert load_localizer(pretrained_vlm).side == 64  # the intact one still loads
