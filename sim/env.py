@@ -195,6 +195,15 @@ class NeedleInsertionEnv(gymnasium.Env):
         return EyeGeometry(center=center, radius=EYE_RADIUS, cannula_outer=entry, cannula_inner=inner,
                            cannula_radius=CANNULA_RADIUS)
 
+    def place_arm(self, q) -> dict:
+        """Put the arm at rest at joints q (rad), commanded there, and observe it: a chosen pose to render (e.g.
+        benchmarks/bench_near_target_localization.py), not a step of the episode."""
+        self.data.qpos[:] = q
+        self.data.qvel[:] = 0.0
+        self.data.ctrl[:] = q
+        mujoco.mj_forward(self.model, self.data)
+        return self._observation()
+
     def commanded_qpos(self) -> np.ndarray:
         """The joint positions the servos currently hold (the start pose right after reset)."""
         return self.data.ctrl.copy()
