@@ -7,6 +7,7 @@ import pytest
 from needle_paths import PokeBesideTheTrocar
 
 from sim.env import NeedleInsertionEnv
+from sim.expert import DampedLeastSquaresIK
 from sim.kinematics import JOINT_LIMITS
 from sim.randomization import DomainRandomization, PhantomPlacement
 from sim.safety import EyeGeometry, penetration_outside_trocar
@@ -174,6 +175,19 @@ def test_servos_track_a_joint_step_to_well_under_a_millimetre(env):
     errors = [env.step(target.astype(np.float32))[4]["tracking_error_mm"] for _ in range(5)]
     assert max(errors) < 1.0
     assert errors[-1] < 0.05
+
+
+def test_place_arm_puts_the_arm_at_rest_where_the_ik_puts_the_tip(env):
+    """A chosen pose to render: the observation's tip is the kinematics' for q, its images are of that pose (not of
+    the start pose), and the arm stays there when commanded to it."""
+    start = env.reset(seed=3)[0]
+    q = env.commanded_qpos() + np.deg2rad([5.0, 5.0, -5.0, 5.0, 5.0, 5.0])
+    placed = env.place_arm(q)
+    tip, _ = DampedLeastSquaresIK(env.model).tip_pose(q)
+    np.testing.assert_allclose(placed["ee_pose"][:3], tip, atol=1e-6)
+    np.testing.assert_array_equal(env.commanded_qpos(), q)
+    assert np.abs(placed["images"]["side_camera"].astype(int) - start["images"]["side_camera"]).mean() > 1.0
+    assert env.step(q.astype(np.float32))[4]["tracking_error_mm"] < 0.05
 
 
 def test_truncated_at_the_timeout_and_commands_clipped_to_the_limits():
