@@ -31,12 +31,18 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
+from benchmarks.bench_learning import TIERS  # noqa: E402
 from benchmarks.measure import load_average, machine, print_table  # noqa: E402
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY, as_recorded  # noqa: E402
 from insertion_vla.localizer import Localizer, localizer_images  # noqa: E402
 from insertion_vla.tiny_vlm import build_tiny_vlm  # noqa: E402
-from insertion_vla.vision_pretrain import image_side_problem, train_localizer  # noqa: E402
-from sim.env import NeedleInsertionEnv  # noqa: E402
+from insertion_vla.vision_pretrain import (  # noqa: E402
+    RenderSettings,
+    close_render_env,
+    image_side_problem,
+    render_env,
+    train_localizer,
+)
 from sim.expert import DampedLeastSquaresIK  # noqa: E402
 from sim.kinematics import matrix_from_rotvec  # noqa: E402
 from sim.randomization import add_randomization_args, randomization_from_args  # noqa: E402
@@ -45,23 +51,15 @@ from sim.scene import CAMERA_NAMES, TIP_SITE  # noqa: E402
 from sim.seeding import episode_seed  # noqa: E402
 
 TRAIN_BASE_SEED, HELD_OUT_BASE_SEED = 9100, 9200  # none of the tiers', the evaluations' or vision_pretrain's
-NARROW = {"phantom_x_range": 0.01, "phantom_y_min": -0.01, "phantom_y_max": 0.01, "phantom_yaw_range_deg": 5}
 STANDOFF_M = (0.010, 0.030)  # tip before the entry, along the trocar axis (the expert's stand-off: 20 mm)
 ACROSS_M = 0.004  # tip moved off the axis, up to this per axis across it
 TILT_DEG = 4.0
 
-_worker: tuple | None = None  # (settings, env, ik), one per process
-
-
-def render_pose(task) -> tuple[dict, np.ndarray]:
+def render_pose(task: tuple[int, int, RenderSettings]) -> tuple[dict, np.ndarray]:
     """Pose `index` of `base_seed` -> (every camera's recorded frame, the entry in the tip frame in mm)."""
-    global _worker
     base_seed, index, settings = task
-    if _worker is None or _worker[0] != settings:
-        phantom, dr, width, height = settings
-        env = NeedleInsertionEnv(width=width, height=height, phantom=phantom, dr=dr)
-        _worker = (settings, env, DampedLeastSquaresIK(env.model))
-    _, env, ik = _worker
+    env = render_env(settings)
+    ik = DampedLeastSquaresIK(env.model)
     seed = episode_seed(base_seed, index)
     env.reset(seed=seed)
     rng = np.random.default_rng([seed, 1])  # the pose's own stream: the scene is the seed's as sim.collect draws it
@@ -79,10 +77,13 @@ def render_pose(task) -> tuple[dict, np.ndarray]:
     return frames, (rotation.T @ (entry - tip) * 1000.0).astype(np.float32)
 
 
-def render_poses(count: int, base_seed: int, settings: tuple, workers: int) -> tuple[list, torch.Tensor]:
+def render_poses(count: int, base_seed: int, settings: RenderSettings, workers: int) -> tuple[list, torch.Tensor]:
     tasks = [(base_seed, i, settings) for i in range(count)]
-    rendered = list(tqdm(render_in_workers(render_pose, tasks, workers, ordered=True), total=count, desc="render",
-                         unit="pose", dynamic_ncols=True, leave=False))
+    try:
+        rendered = list(tqdm(render_in_workers(render_pose, tasks, workers, ordered=True), total=count,
+                             desc="render", unit="pose", dynamic_ncols=True, leave=False))
+    finally:
+        close_render_env()
     frames, offsets = zip(*rendered)
     return list(frames), torch.from_numpy(np.stack(offsets))
 
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
     parser.add_argument("--tmp_dir", type=Path, default=Path("/tmp"), help="where the VLM config is written")
     add_randomization_args(parser)
-    parser.set_defaults(**NARROW)
+    parser.set_defaults(**TIERS["narrow"].placement)
     args = parser.parse_args()
     camera_sets = [tuple(s.split(",")) for s in args.camera_sets]
     unknown = sorted({c for s in camera_sets for c in s} - set(CAMERA_NAMES))
@@ -117,7 +118,7 @@ def main() -> None:
         parser.error(problem)
 
     phantom, dr = randomization_from_args(args)
-    settings = (phantom, dr, args.width, args.height)
+    settings = RenderSettings(phantom=phantom, dr=dr, width=args.width, height=args.height)
     started = time.perf_counter()
     train_frames, train_offsets = render_poses(args.poses, TRAIN_BASE_SEED, settings, args.workers)
     test_frames, test_offsets = render_poses(args.held_out, HELD_OUT_BASE_SEED, settings, args.workers)

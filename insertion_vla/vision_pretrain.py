@@ -74,15 +74,20 @@ def placement_offsets(attrs: dict) -> list[float]:
 _worker_env: tuple[RenderSettings, NeedleInsertionEnv] | None = None  # one env per process
 
 
-def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray, list[float]]:
-    """Placement `index` of base seed `base_seed` -> (images (cameras, 3, side, side) uint8, offsets)."""
+def render_env(settings: RenderSettings) -> NeedleInsertionEnv:
+    """This process's env for `settings`: built on first use, rebuilt when they change (close_render_env ends it)."""
     global _worker_env
-    base_seed, index, settings = task
     if _worker_env is None or _worker_env[0] != settings:
         env = NeedleInsertionEnv(width=settings.width, height=settings.height, phantom=settings.phantom,
                                  dr=settings.dr, start_joint_range_deg=settings.start_joint_range_deg)
         _worker_env = (settings, env)
-    observation, info = _worker_env[1].reset(seed=episode_seed(base_seed, index))
+    return _worker_env[1]
+
+
+def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray, list[float]]:
+    """Placement `index` of base seed `base_seed` -> (images (cameras, 3, side, side) uint8, offsets)."""
+    base_seed, index, settings = task
+    observation, info = render_env(settings).reset(seed=episode_seed(base_seed, index))
     # Through the recorder's JPEG round trip, so that these frames are the recorded ones.
     frames = {name: as_recorded(observation["images"][name], DEFAULT_JPEG_QUALITY) for name in settings.cameras}
     return localizer_images(frames, settings.cameras, settings.side), placement_offsets(info["scene_params"])
