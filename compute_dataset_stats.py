@@ -14,7 +14,7 @@ from episode_format.reader import discover_episodes
 from insertion_vla.config import OVERRIDES_HELP, parse_args_and_config
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import exit_on_user_error
-from insertion_vla.localizer import ESTIMATE_NAMES, localizer_from_config
+from insertion_vla.localizer import ESTIMATE_NAMES, estimator_from_config
 from insertion_vla.stats import CONSTANT_STD, compute_stats, near_constant_dims, save_stats
 
 
@@ -35,17 +35,19 @@ def main():
     print(f"Computing statistics of {len(paths)} episodes in {root} (state: {' + '.join(keys.state_keys)}, action: {keys.action_key})")
 
     start = time.perf_counter()
-    localizer = localizer_from_config(dataset_cfg)
-    if localizer is not None:
+    estimator = estimator_from_config(dataset_cfg)
+    if estimator is not None:
+        refined = ", refined near the trocar" if estimator.near else ""
         print(f"  the state ends with the placement estimate of {dataset_cfg['placement_estimate']} "
-              f"({', '.join(ESTIMATE_NAMES)}), as training appends it")
-    stats, skipped = compute_stats(paths, keys, skip_bad=args.skip_bad, localizer=localizer)
+              f"({', '.join(ESTIMATE_NAMES)}{refined}), as training appends it")
+    stats, skipped = compute_stats(paths, keys, skip_bad=args.skip_bad, estimator=estimator)
     for path, reason in skipped:
         print(f"skipped: {reason}")
     source = {
         "dataset_root": str(root), "episodes": len(paths) - len(skipped), "skipped": [str(p) for p, _ in skipped],
         "state_keys": list(keys.state_keys), "action_key": keys.action_key,
         "placement_estimate": dataset_cfg["placement_estimate"],
+        "near_target_estimate": dataset_cfg["near_target_estimate"],
     }
     save_stats(stats, args.output, source)
     for feature, s in stats.items():

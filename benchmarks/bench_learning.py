@@ -9,7 +9,7 @@ only chooses settings.
 Tiers differ in where the eye phantom stands (domain randomization is the collector's default, all on), and in
 the settings that TIERS below gives each (demonstrations, steps, the collector's hold, perturbation and start
 range, the VLM, whether its image path is pretrained on rendered placements first and whether the pretrained
-localizer's placement estimate is part of the state):
+localizer's placement estimate is part of the state, refined near the trocar):
   fixed   the phantom always at its nominal place;
   narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
   full    the collector's default placement.
@@ -54,6 +54,7 @@ class Tier:
     vlm_preset: str = "tiny"  # python -m insertion_vla.tiny_vlm --preset
     pretrain_vision: dict | None = None  # python -m insertion_vla.vision_pretrain flags; None: the VLM stays random
     placement_estimate: bool = False  # the pretrained localizer's estimate in the state (dataset.placement_estimate)
+    near_target_estimate: bool = False  # refined near the trocar (dataset.near_target_estimate; pretrain --near_poses)
 
 
 # What every tier trains with: train_config_smolvla_demo.yaml (the tiny VLM at 64x64 on CPU) changed where the
@@ -88,6 +89,10 @@ RECOVERING = {"hold_seconds": 2, "perturb_std": 0.002, "start_joint_range_deg": 
 # 160: 3.3 mm): pretrain it on rendered first frames before the policy trains (insertion_vla.vision_pretrain).
 # On the narrow tier: final tip error 6.4 -> 4.3 mm (still 0/20), the first chunk 9.3 -> 6.7 mm (blind: 8.8).
 PRETRAIN_VISION = {"placements": 2500, "steps": 2500}
+# Near the trocar the tool camera sees the needle and the entry together: from 6000 rendered poses it locates the
+# entry to 1.1 mm across the needle (benchmarks/bench_near_target_localization.py), where the first frame misses by
+# 2.15 mm in the plane. About 15 more minutes of rendering.
+NEAR_TARGET = {"near_poses": 6000}
 # Not in any tier: deviations that last (sim.collect --drift_mm 3, a tip offset wandering over about 1 s on the
 # approach) left the narrow tier where it was (0/20, 4.3 mm) and its open-loop chunks worse (benchmarks/README.md).
 TIERS = {
@@ -100,7 +105,8 @@ TIERS = {
     "narrow": Tier(placement={"phantom_x_range": 0.01, "phantom_y_min": -0.01, "phantom_y_max": 0.01,
                               "phantom_yaw_range_deg": 5},
                    episodes=320, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision",
-                   pretrain_vision=PRETRAIN_VISION, placement_estimate=True),
+                   pretrain_vision={**PRETRAIN_VISION, **NEAR_TARGET}, placement_estimate=True,
+                   near_target_estimate=True),
     # The narrow tier's pretraining and estimate: final tip error 25.8 -> 10.6 mm (0/20 both; the localizer, over
     # 10 times the narrow range, misses by 8.0 / 5.0 mm), together with the perturbation's stop at the stand-off.
     "full": Tier(placement={}, episodes=160, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision",
@@ -196,7 +202,8 @@ def main(argv=None):
     collect_flags = flags({**COLLECT, **tier.placement, **tier.collect})
     config = ROOT / "train_config_smolvla_demo.yaml"
     data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}",
-                      *([f"--dataset.placement_estimate={vlm}"] if tier.placement_estimate else [])]
+                      *([f"--dataset.placement_estimate={vlm}"] if tier.placement_estimate else []),
+                      *(["--dataset.near_target_estimate=true"] if tier.near_target_estimate else [])]
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
@@ -241,6 +248,7 @@ def main(argv=None):
     summary = {
         "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps, "vlm_preset": tier.vlm_preset,
         "pretrain_vision": tier.pretrain_vision, "placement_estimate": tier.placement_estimate,
+        "near_target_estimate": tier.near_target_estimate,
         "collect_flags": collect_flags, "train_overrides": train_overrides, "eval_seed": args.eval_seed,
         "phase_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
         "loss_start": loss[0][1], "loss_end": loss[-1][1],

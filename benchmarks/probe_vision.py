@@ -31,7 +31,7 @@ from episode_format.reader import discover_episodes  # noqa: E402
 from evaluation.policy_io import load_policy  # noqa: E402
 from insertion_vla.dataset import EpisodeDataset  # noqa: E402
 from insertion_vla.episodes import keys_from_config  # noqa: E402
-from insertion_vla.localizer import localizer_from_config
+from insertion_vla.localizer import estimator_from_config
 from insertion_vla.policy import predict_action_chunk, prepare_batch  # noqa: E402
 from sim.expert import DampedLeastSquaresIK  # noqa: E402
 from sim.scene import scene_xml  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     side = policy.config.resize_imgs_with_padding[0]
     dataset = EpisodeDataset(paths, keys_from_config(cfg["dataset"]), horizon=policy.config.chunk_size,
                              image_size=(side, side), task_instruction=cfg["dataset"]["task_instruction"],
-                             localizer=localizer_from_config(cfg["dataset"]))
+                             estimator=estimator_from_config(cfg["dataset"]))
     kinematics = DampedLeastSquaresIK(mujoco.MjModel.from_xml_string(scene_xml(8, 8)))
     print(f"machine: {machine()}; {load_average()}; {len(paths)} episodes from {args.episodes}")
 

@@ -12,7 +12,7 @@ from evaluation.policy_io import LoadedPolicy
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
-from insertion_vla.localizer import localizer_from_config
+from insertion_vla.localizer import estimator_from_config
 from insertion_vla.plots import plot_trajectories
 from insertion_vla.validation import predict_episode
 
@@ -48,7 +48,7 @@ def evaluate_recorded(loaded: LoadedPolicy, paths: list[Path], output_dir: Path,
     side = policy.config.resize_imgs_with_padding[0]
     dataset = EpisodeDataset(paths, keys_from_config(cfg["dataset"]), horizon=policy.config.chunk_size,
                              image_size=(side, side), task_instruction=cfg["dataset"]["task_instruction"],
-                             localizer=localizer_from_config(cfg["dataset"]))
+                             estimator=estimator_from_config(cfg["dataset"]))
     rows, abs_sum, frames = [], np.zeros(dataset.action_dim), 0
     for position in tqdm(range(len(paths)), desc="episodes", unit="ep", dynamic_ncols=True, leave=False):
         true, pred = predict_episode(loaded.policy, loaded.preprocessor, loaded.postprocessor, dataset, position,

@@ -4,7 +4,8 @@ Loading: an exported `final_hf/` (lerobot's own loading) or a training `checkpoi
 that says how the policy saw the data. Input: a simulator observation turned into the batch the training data
 loader would have built from the same frame recorded by sim/ (camera -> lerobot key, JPEG round trip at the
 collector's quality, resize with padding, the same state and task instruction; with dataset.placement_estimate the
-state ends with the localizer's estimate from the episode's first observation, as from its recorded frame 0).
+state ends with the placement estimate from the episode's observations so far, as from its recorded frames:
+insertion_vla.localizer).
 """
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from insertion_vla.config import defaults, load_config
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
-from insertion_vla.localizer import ESTIMATE_NAMES, localizer_from_config
+from insertion_vla.localizer import ESTIMATE_NAMES, EpisodeEstimate, estimator_from_config
 from sim.recorder import TASK_INSTRUCTION
 from sim.scene import CAMERA_NAMES
 
@@ -35,7 +36,7 @@ class PolicyInputs:
     task: str
     image_side: int  # policy.resize_imgs_with_padding (square)
     jpeg_quality: int  # JPEG round trip as the collector stores frames; 0: none
-    localizer: object = None  # insertion_vla.localizer.Localizer (dataset.placement_estimate), or None
+    estimator: object = None  # insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate), or None
 
 
 @dataclass
@@ -120,32 +121,32 @@ def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QU
         raise UserError(f"the policy's state comes from {missing}, which the simulator does not provide "
                         f"(it has {list(SIM_STATE)}); set dataset.use_ee_pose / use_qpos / state_key accordingly")
     state = tuple(SIM_STATE[key] for key in keys.state_keys)
-    localizer = localizer_from_config(dataset_cfg)
-    given = 6 * len(state) + (len(ESTIMATE_NAMES) if localizer is not None else 0)
+    estimator = estimator_from_config(dataset_cfg)
+    given = 6 * len(state) + (len(ESTIMATE_NAMES) if estimator is not None else 0)
     state_dim = policy.config.robot_state_feature.shape[0]
     if state_dim != given:
         raise UserError(f"the policy expects a state of {state_dim} values, but {list(keys.state_keys)}"
-                        f"{' and the placement estimate' if localizer is not None else ''} give {given}: pass "
+                        f"{' and the placement estimate' if estimator is not None else ''} give {given}: pass "
                         "--config with the config the policy was trained with")
     action_dim = policy.config.action_feature.shape[0]
     if action_dim != 6:
         raise UserError(f"the policy outputs {action_dim} action values; the simulator takes 6 joint positions")
     return PolicyInputs(
         cameras=cameras, state=state, task=dataset_cfg["task_instruction"] or TASK_INSTRUCTION,
-        image_side=policy.config.resize_imgs_with_padding[0], jpeg_quality=jpeg_quality, localizer=localizer,
+        image_side=policy.config.resize_imgs_with_padding[0], jpeg_quality=jpeg_quality, estimator=estimator,
     )
 
 
-def placement_estimate(observation: dict, inputs: PolicyInputs) -> np.ndarray:
-    """The localizer's estimate from an episode's first observation, as training made it from the recorded frame 0."""
-    localizer = inputs.localizer
-    return localizer.estimate({camera: as_recorded(observation["images"][camera], inputs.jpeg_quality)
-                               for camera in localizer.cameras})
+def placement_estimate(observation: dict, inputs: PolicyInputs, tracker: EpisodeEstimate) -> np.ndarray:
+    """The episode's placement estimate at this observation (tracker: inputs.estimator's, for this episode), from
+    its frames after the recorder's JPEG round trip, as training made it from the recorded frames."""
+    return tracker.update(observation["ee_pose"], lambda cameras: {
+        camera: as_recorded(observation["images"][camera], inputs.jpeg_quality) for camera in cameras})
 
 
 def observation_batch(observation: dict, inputs: PolicyInputs, estimate: np.ndarray | None = None) -> dict:
     """One simulator observation as a dataset batch of one (uint8 images, state, task), for prepare_batch;
-    `estimate`: the episode's placement estimate, appended to the state (inputs.localizer's)."""
+    `estimate`: the episode's placement estimate, appended to the state (inputs.estimator's)."""
     batch = {}
     for camera, key in inputs.cameras.items():
         image = resize_with_pad(as_recorded(observation["images"][camera], inputs.jpeg_quality), inputs.image_side,

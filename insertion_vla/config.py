@@ -75,6 +75,9 @@ SCHEMA = {
                                           "estimate of the phantom's placement (dx, dy mm, yaw deg) from each "
                                           "episode's first frame is appended to the state (simulator episodes); "
                                           "null: none"),
+        "near_target_estimate": _field(False, help="with placement_estimate: refine the estimate near the trocar "
+                                                   "from the tool camera with the folder's near-target localizer "
+                                                   "(vision_pretrain --near_poses), frame by frame"),
         "task_instruction": _field(
             "Insert needle into eye trocar in simulation", str, NoneType,
             help="language instruction; null: each episode's `task` attribute",

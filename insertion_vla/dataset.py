@@ -83,13 +83,13 @@ class EpisodeDataset(Dataset):
 
     decode: "cpu" (images decoded and resized here) or "cuda" (JPEG bytes returned, see insertion_vla.gpu_images).
     replace_bad_frames: a sample needing a bad frame is replaced (see the module's doc); else its error is raised.
-    localizer: an insertion_vla.localizer.Localizer (dataset.placement_estimate) whose estimate from each episode's
-    frame 0 is appended to that episode's every state; None: the recorded state alone.
+    estimator: an insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate) whose estimate at each
+    frame is appended to that frame's state; None: the recorded state alone.
     """
 
     def __init__(self, paths, keys: EpisodeKeys, *, horizon: int, image_size, task_instruction=None,
                  episode_indices=None, augmentation: dict | None = None, seed: int = 0, decode: str = "cpu",
-                 replace_bad_frames: bool = False, localizer=None):
+                 replace_bad_frames: bool = False, estimator=None):
         self.paths = [Path(p) for p in paths]
         self.keys = keys
         self.horizon = horizon
@@ -108,14 +108,14 @@ class EpisodeDataset(Dataset):
         self.replace_bad_frames = replace_bad_frames
 
         self.lengths, dims = [], {}
-        self.estimates = []  # per episode: the placement estimate appended to its states (shape (0,) without one)
+        self.estimates = []  # per episode: the placement estimates appended to its states, (T, 3) or (T, 0)
         for path in self.paths:  # opening checks every file's schema up front, before any training step
             with self._open_episode(path) as ep:
                 ep.task(task_instruction)
                 self.lengths.append(ep.length)
-                self.estimates.append(localizer.episode_estimate(ep) if localizer is not None
-                                      else np.zeros(0, np.float32))
-                dims.setdefault((ep.state.shape[1] + len(self.estimates[-1]), ep.action.shape[1]), path)
+                self.estimates.append(estimator.episode_estimates(ep) if estimator is not None
+                                      else np.zeros((ep.length, 0), np.float32))
+                dims.setdefault((ep.state.shape[1] + self.estimates[-1].shape[1], ep.action.shape[1]), path)
                 raw = [camera for camera in keys.cameras if not ep.is_jpeg(camera)]
                 if decode == "cuda" and raw:
                     raise UserError(f"{path}: camera {', '.join(raw)} stores raw RGB frames, but dataset.decode=cuda "
@@ -230,7 +230,7 @@ class EpisodeDataset(Dataset):
             except EpisodeFormatError as err:
                 raise BadFrame(path, camera, t, _problem(err, path)) from err
             sample[f"observation.images.{name}"] = image
-        sample["observation.state"] = torch.from_numpy(np.concatenate([ep.state[t], self.estimates[pos]]))
+        sample["observation.state"] = torch.from_numpy(np.concatenate([ep.state[t], self.estimates[pos][t]]))
         sample["action"] = torch.from_numpy(ep.action[rows])
         sample["action_is_pad"] = torch.from_numpy(steps >= ep.length)
         sample["task"] = ep.task(self.task_instruction)

@@ -58,12 +58,12 @@ class RunningStats:
         }
 
 
-def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress: bool = True, localizer=None):
+def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress: bool = True, estimator=None):
     """-> (stats, skipped): stats keyed by feature; skipped = [(path, reason)] of bad files (skip_bad only).
 
     Without skip_bad, every bad file is listed in one error, so one run tells the user all that is wrong.
-    localizer: an insertion_vla.localizer.Localizer whose estimate from frame 0 is part of every state row, as
-    training builds it (dataset.placement_estimate); None: the recorded state alone.
+    estimator: an insertion_vla.localizer.PlacementEstimator whose estimate at each frame is part of its state row,
+    as training builds it (dataset.placement_estimate); None: the recorded state alone.
     """
     state, action = RunningStats(), RunningStats()
     bad, dims = [], {}
@@ -77,11 +77,10 @@ def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress:
                         f"has {next(iter(dims))}. Episodes of one dataset must share dimensions."
                     )
                 dims.setdefault(ep_dims, path)
-                if localizer is None:
+                if estimator is None:
                     state.update(ep.state)
                 else:
-                    estimate = localizer.episode_estimate(ep)
-                    state.update(np.hstack([ep.state, np.tile(estimate, (ep.length, 1))]))
+                    state.update(np.hstack([ep.state, estimator.episode_estimates(ep)]))
                 action.update(ep.action)
         except EpisodeFormatError as err:
             bad.append((Path(path), str(err)))

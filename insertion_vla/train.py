@@ -31,7 +31,7 @@ from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
 from insertion_vla.gpu_images import DeviceImageDecoder
-from insertion_vla.localizer import localizer_from_config
+from insertion_vla.localizer import estimator_from_config
 from insertion_vla.monitor import RunMonitor, format_eval_line, format_train_line, format_val_line, system_metrics
 from insertion_vla.optim import lr_at, make_optimizer, set_lr
 from insertion_vla.plots import plot_loss_curves, plot_trajectories
@@ -188,7 +188,7 @@ def episode_datasets(cfg, keys, paths, train_idx, val_idx):
     dataset = cfg["dataset"]
     common = dict(keys=keys, horizon=dataset["horizon"], image_size=cfg["policy"]["resize_imgs_with_padding"],
                   task_instruction=dataset["task_instruction"], seed=cfg["seed"], replace_bad_frames=True,
-                  localizer=localizer_from_config(dataset))
+                  estimator=estimator_from_config(dataset))
     train_set = EpisodeDataset([paths[i] for i in train_idx], episode_indices=train_idx, decode=dataset["decode"],
                                augmentation=dataset["augmentation"] if dataset["augment"] else None, **common)
     val_set = EpisodeDataset([paths[i] for i in val_idx], episode_indices=val_idx, **common) if val_idx else None

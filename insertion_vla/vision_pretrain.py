@@ -22,6 +22,14 @@ them with `policy.load_vlm_weights: true`; leave the vision encoder trainable (f
 frozen as the run needs. The whole localizer, its head included, is kept as localizer.safetensors: with
 `dataset.placement_estimate: VLM_DIR` its estimate from each episode's first frame becomes part of the policy's
 state (insertion_vla.localizer).
+
+With --near_poses N a second localizer learns where the entry is relative to the needle tip near it, from the
+tool camera: N scenes drawn as above (base seed 9100; held out 9200), the arm put by the expert's IK with its tip
+10-30 mm before the entry on the trocar axis, up to 4 mm across it per axis and the needle tilted up to 4 deg,
+rendered as recorded. On held-out scenes it measures both localizers' errors in the placement's dx, dy (the first
+one from the scene's start frame) and the weights that fuse them best; near_localizer.safetensors keeps the
+weights and the window, for dataset.near_target_estimate (benchmarks/bench_near_target_localization.py: 1.1 mm
+across the needle from 6000 poses).
 """
 
 import argparse
@@ -40,17 +48,33 @@ from transformers import AutoConfig, SmolVLMForConditionalGeneration
 from episode_format.atomic import atomic_output, atomic_write_text
 from episode_format.errors import UserError, exit_on_user_error
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY, as_recorded
-from insertion_vla.localizer import LOCALIZER_FILE, Localizer, as_pixels, localizer_images
+from insertion_vla.localizer import (
+    LOCALIZER_FILE,
+    NEAR_LOCALIZER_FILE,
+    Localizer,
+    NearTarget,
+    as_pixels,
+    localizer_images,
+)
 from sim.env import NeedleInsertionEnv
+from sim.expert import DampedLeastSquaresIK
+from sim.kinematics import matrix_from_rotvec
 from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
 from sim.render_workers import RenderWorkerDied, render_in_workers
-from sim.scene import CAMERA_NAMES
+from sim.scene import CAMERA_NAMES, TIP_SITE
 from sim.seeding import episode_seed
 
 RENDER_BASE_SEED = 9000  # sim.seeding base seed: not the tiers' collection (0), evaluation (1000), probe (5000)
 HELD_OUT_BASE_SEED = 9001
 OFFSET_KEYS = ("phantom_dx", "phantom_dy", "phantom_yaw")
 OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # m, m, rad -> mm, mm, deg
+NEAR_RENDER_BASE_SEED, NEAR_HELD_OUT_BASE_SEED = 9100, 9200
+# The near-target window: the tip this far before the entry along the trocar axis (the expert's stand-off is 20 mm),
+# moved up to ACROSS_MM across it per axis, the needle tilted up to TILT_DEG.
+STANDOFF_MM, ACROSS_MM, TILT_DEG = (10.0, 30.0), 4.0, 4.0
+# The tool camera alone: 1.32 mm across the needle from 2000 poses, all three cameras 1.24 mm in three times the
+# training time (benchmarks/README.md).
+NEAR_CAMERAS = ("tool_camera",)
 WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "pretraining.json"
 
@@ -91,6 +115,53 @@ def render_placement(task: tuple[int, int, RenderSettings]) -> tuple[np.ndarray,
     # Through the recorder's JPEG round trip, so that these frames are the recorded ones.
     frames = {name: as_recorded(observation["images"][name], DEFAULT_JPEG_QUALITY) for name in settings.cameras}
     return localizer_images(frames, settings.cameras, settings.side), placement_offsets(info["scene_params"])
+
+
+@dataclass
+class NearPose:
+    """One near-target render: every camera's recorded frame, the entry relative to the tip in the tip frame (mm),
+    the tip's ee_pose, the scene's start frame (recorded) and its placement (dx, dy mm, yaw deg)."""
+    frames: dict
+    offset_mm: np.ndarray
+    ee_pose: np.ndarray
+    first_frames: dict
+    placement: list
+
+
+def render_near_pose(task: tuple[int, int, RenderSettings]) -> NearPose:
+    """Pose `index` of `base_seed`: the scene as sim.collect draws it for that seed, the arm in the window."""
+    base_seed, index, settings = task
+    env = render_env(settings)
+    seed = episode_seed(base_seed, index)
+    observation, info = env.reset(seed=seed)
+    first_frames = {name: as_recorded(observation["images"][name], DEFAULT_JPEG_QUALITY) for name in CAMERA_NAMES}
+    rng = np.random.default_rng([seed, 1])  # the pose's own stream, apart from the scene's
+    entry, _, axis = env.trocar_target()
+    across = rng.uniform(-ACROSS_MM, ACROSS_MM, 3) / 1000.0
+    across -= (across @ axis) * axis
+    tilt = rng.normal(size=3)
+    tilt *= np.radians(rng.uniform(0.0, TILT_DEG)) / np.linalg.norm(tilt)
+    tip_goal = entry - rng.uniform(*STANDOFF_MM) / 1000.0 * axis + across
+    ik = DampedLeastSquaresIK(env.model)
+    observation = env.place_arm(ik.solve(env.commanded_qpos(), tip_goal, matrix_from_rotvec(tilt) @ axis,
+                                         max_iterations=200))
+    site = env.model.site(TIP_SITE).id
+    tip, rotation = env.data.site_xpos[site], env.data.site_xmat[site].reshape(3, 3)
+    return NearPose(frames={name: as_recorded(observation["images"][name], DEFAULT_JPEG_QUALITY) for name in CAMERA_NAMES},
+                    offset_mm=(rotation.T @ (entry - tip) * 1000.0).astype(np.float32),
+                    ee_pose=observation["ee_pose"].astype(np.float64), first_frames=first_frames,
+                    placement=placement_offsets(info["scene_params"]))
+
+
+def render_near_poses(count: int, settings: RenderSettings, base_seed: int, workers: int) -> list[NearPose]:
+    tasks = [(base_seed, index, settings) for index in range(count)]
+    try:
+        return list(tqdm(render_in_workers(render_near_pose, tasks, workers, ordered=True), total=count,
+                         desc="render near target", unit="pose", dynamic_ncols=True, leave=False))
+    except RenderWorkerDied as err:
+        raise UserError(f"{err} while rendering the {count} near-target poses; re-run the same command") from None
+    finally:
+        close_render_env()
 
 
 def close_render_env() -> None:
@@ -151,16 +222,68 @@ def train_localizer(model: Localizer, images: torch.Tensor, offsets: torch.Tenso
     return results
 
 
-def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict) -> None:
+def train_near_target(first: Localizer, vlm_config, settings: RenderSettings, args) -> tuple[NearTarget, dict]:
+    """The near-target localizer from args.near_poses renders, and on args.near_held_out others: its error and the
+    first localizer's in the placement's dx, dy, and the weights that fuse them best (least squares, per axis)."""
+    poses = render_near_poses(args.near_poses, settings, NEAR_RENDER_BASE_SEED, args.workers)
+    held_out = render_near_poses(args.near_held_out, settings, NEAR_HELD_OUT_BASE_SEED, args.workers)
+
+    def images(frames) -> torch.Tensor:
+        return torch.from_numpy(np.stack([localizer_images(f, NEAR_CAMERAS, settings.side) for f in frames]))
+
+    torch.manual_seed(args.seed)
+    model = Localizer(vlm_config, NEAR_CAMERAS, settings.side)
+    train_localizer(model, images([p.frames for p in poses]), torch.from_numpy(np.stack([p.offset_mm for p in poses])),
+                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        first_estimates = first.eval().predict(torch.from_numpy(np.stack(
+            [localizer_images(p.first_frames, first.cameras, settings.side) for p in held_out]))).numpy()
+    unfused = NearTarget(model, STANDOFF_MM, ACROSS_MM, TILT_DEG, np.zeros(2, np.float32))
+    near_xy = np.stack([unfused.placement_xy(p.frames, p.ee_pose, first_estimate[2])
+                        for p, first_estimate in zip(held_out, first_estimates)])
+    truth = np.array([p.placement for p in held_out])[:, :2]
+    first_error, near_error = first_estimates[:, :2] - truth, near_xy - truth
+    # fused = first + w (near - first): the w of least squared error on the held-out scenes
+    difference = near_error - first_error
+    weights = np.clip(-(first_error * difference).sum(0) / (difference**2).sum(0), 0.0, 1.0).astype(np.float32)
+    fused_error = first_error + weights * difference
+
+    def plane(error):
+        return {"dx_mm": float(np.abs(error[:, 0]).mean()), "dy_mm": float(np.abs(error[:, 1]).mean()),
+                "in_plane_mm": float(np.linalg.norm(error, axis=1).mean()),
+                "under_1mm": float((np.linalg.norm(error, axis=1) < 1.0).mean())}
+
+    record = {"poses": args.near_poses, "held_out": args.near_held_out, "cameras": list(NEAR_CAMERAS),
+              "render_base_seed": NEAR_RENDER_BASE_SEED, "held_out_base_seed": NEAR_HELD_OUT_BASE_SEED,
+              "standoff_mm": list(STANDOFF_MM), "across_mm": ACROSS_MM, "tilt_deg": TILT_DEG,
+              "fusion_weights": weights.tolist(), "first_frame_error": plane(first_error),
+              "near_target_error": plane(near_error), "fused_error": plane(fused_error)}
+    for name in ("first_frame", "near_target", "fused"):
+        e = record[f"{name}_error"]
+        print(f"{name.replace('_', ' ')} estimate, held out: dx {e['dx_mm']:.2f} mm, dy {e['dy_mm']:.2f} mm, "
+              f"{e['in_plane_mm']:.2f} mm in the plane, {e['under_1mm']:.0%} under 1 mm")
+    print(f"fusion weights of the near-target estimate: dx {weights[0]:.2f}, dy {weights[1]:.2f}")
+    return NearTarget(model, STANDOFF_MM, ACROSS_MM, TILT_DEG, weights), record
+
+
+def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict, near: NearTarget | None = None) -> None:
     """Give the VLM in vlm_dir weights: the trained image path, the rest as SmolVLM starts it; and keep the whole
-    localizer, its head included, for dataset.placement_estimate. Its config, tokenizer and processor stay;
-    pretraining.json, localizer.safetensors and model.safetensors are each written atomically, the record first (a
-    crash between them leaves no weights that a record does not describe)."""
+    localizer, its head included, for dataset.placement_estimate, and the near-target one (or none: an older one
+    would not fit this localizer). Its config, tokenizer and processor stay; pretraining.json, the localizers and
+    model.safetensors are each written atomically, the record first (a crash between them leaves no weights that a
+    record does not describe)."""
     vlm = SmolVLMForConditionalGeneration(AutoConfig.from_pretrained(vlm_dir))
     vlm.model.vision_model.load_state_dict(model.vision.state_dict())
     vlm.model.connector.load_state_dict(model.connector.state_dict())
     atomic_write_text(vlm_dir / RECORD_FILE, json.dumps(record, indent=2))
     model.save(vlm_dir / LOCALIZER_FILE)
+    if near is None:
+        (vlm_dir / NEAR_LOCALIZER_FILE).unlink(missing_ok=True)
+    else:
+        near.localizer.save(vlm_dir / NEAR_LOCALIZER_FILE, {
+            "standoff_mm": list(near.standoff_mm), "across_mm": near.across_mm, "tilt_deg": near.tilt_deg,
+            "fusion_weights": near.weights.tolist()})
     with tempfile.TemporaryDirectory(dir=vlm_dir.parent) as saved, atomic_output(vlm_dir / WEIGHTS_FILE) as tmp:
         vlm.save_pretrained(saved)  # transformers' names and layout of the weights, float32
         shutil.move(Path(saved) / WEIGHTS_FILE, tmp)
@@ -188,6 +311,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "%(default)s, the learning benchmark's)")
     parser.add_argument("--start_joint_range_deg", type=float, default=0.0,
                         help="each joint's start within +/- this of home, as sim.collect's (default: %(default)s)")
+    parser.add_argument("--near_poses", type=int, default=0,
+                        help="also train the near-target localizer (dataset.near_target_estimate) on this many "
+                             "rendered poses, e.g. 6000; 0: none (default: %(default)s)")
+    parser.add_argument("--near_held_out", type=int, default=200,
+                        help="near-target poses of another seed, to measure the errors and the fusion weights on "
+                             "(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
     add_randomization_args(parser)
     args = parser.parse_args(argv)
@@ -197,7 +326,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.placements < 2:
         parser.error(f"--placements {args.placements}: at least 2 (the targets are normalized by their spread), "
                      "e.g. --placements 2500")
-    for name in ("held_out", "steps", "batch_size", "workers", "width", "height"):
+    if args.near_poses and args.near_poses < 2:
+        parser.error(f"--near_poses {args.near_poses}: 0 (none) or at least 2, e.g. --near_poses 6000")
+    for name in ("held_out", "near_held_out", "steps", "batch_size", "workers", "width", "height"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.start_joint_range_deg < 0:
@@ -239,16 +370,20 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     errors = train_localizer(model, images, offsets, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, evaluate=evaluate)
+    train_seconds = round(time.perf_counter() - started, 1)
+    near, near_record = train_near_target(model, args.vlm_config, settings, args) if args.near_poses else (None, None)
     flags = {key: value for key, value in vars(args).items() if key not in ("vlm_dir", "vlm_config", "phantom", "dr")}
     record = {"settings": {**flags, "cameras": list(settings.cameras), "render_base_seed": RENDER_BASE_SEED,
                            "held_out_base_seed": HELD_OUT_BASE_SEED},
               "blind_error": {"dx_mm": blind[0].item(), "dy_mm": blind[1].item(), "yaw_deg": blind[2].item()},
               "held_out_errors": errors, "render_seconds": round(render_seconds, 1),
-              "train_seconds": round(time.perf_counter() - started, 1)}
-    write_vlm_weights(model, args.vlm_dir, record)
+              "train_seconds": train_seconds, "near_target": near_record}
+    write_vlm_weights(model, args.vlm_dir, record, near)
     print(f"wrote the pretrained image path into {args.vlm_dir / WEIGHTS_FILE} (use it with "
           f"--policy.vlm_model_name={args.vlm_dir} --policy.load_vlm_weights=true) and the localizer into "
-          f"{args.vlm_dir / LOCALIZER_FILE} (its estimate in the state: --dataset.placement_estimate={args.vlm_dir})")
+          f"{args.vlm_dir / LOCALIZER_FILE} (its estimate in the state: --dataset.placement_estimate={args.vlm_dir})"
+          + (f"; the near-target one into {args.vlm_dir / NEAR_LOCALIZER_FILE} (--dataset.near_target_estimate=true)"
+             if near else ""))
 
 
 if __name__ == "__main__":

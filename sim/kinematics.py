@@ -38,6 +38,11 @@ def rot_x(angle: float) -> np.ndarray:
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
 
 
+def rot_y(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
 def rot_z(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
@@ -143,6 +148,12 @@ def euler_xyz_from_matrix(r: np.ndarray) -> np.ndarray:
     b = np.arcsin(np.clip(r[0, 2], -1.0, 1.0))
     c = np.arctan2(-r[0, 1], r[0, 0])
     return np.array([a, b, c])
+
+
+def matrix_from_euler_xyz(angles) -> np.ndarray:
+    """R = Rx(a) Ry(b) Rz(c): the inverse of euler_xyz_from_matrix (an ee_pose's rotation)."""
+    a, b, c = angles
+    return rot_x(a) @ rot_y(b) @ rot_z(c)
 
 
 def look_at_xyaxes(position: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:

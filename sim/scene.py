@@ -16,6 +16,7 @@ from sim.kinematics import (
     joint_origin,
     look_at_xyaxes,
     quat_from_rotvec,
+    rot_z,
 )
 
 CAMERA_NAMES = ("side_camera", "tool_camera", "top_camera")
@@ -85,6 +86,14 @@ def trocar_frame() -> tuple[np.ndarray, np.ndarray]:
     eye_center = np.array([0.0, 0.0, EYE_CENTER_HEIGHT])
     entry = eye_center + (EYE_RADIUS + TROCAR_HUB_HEIGHT) * outward
     return entry, -outward
+
+
+def trocar_in_world(dx: float, dy: float, yaw: float) -> tuple[np.ndarray, np.ndarray]:
+    """Entry point and unit insertion axis in the world frame for a placement of the phantom (dx, dy in m from
+    PHANTOM_NOMINAL_XY, yaw in rad about the vertical), as sim.randomization places it."""
+    entry, axis = trocar_frame()
+    turn = rot_z(yaw)
+    return turn @ entry + [PHANTOM_NOMINAL_XY[0] + dx, PHANTOM_NOMINAL_XY[1] + dy, TABLE_Z], turn @ axis
 
 
 def _robot_xml() -> str:
