@@ -11,9 +11,9 @@ several millimetres' worth: it locates the trocar to about 1.4 mm, and to 0.6 mm
 (benchmarks/README.md). Near the trocar the needle is in the same image: the trocar relative to the needle tip
 hardly depends on where the camera is, the tool camera is 7-9 cm from it (1.3 mm per 64-pixel) instead of 35-50 cm.
 
-What: for each pose a scene is placed and randomized as sim.collect does (base seed 9100; held out 9200), the arm
-put (by the expert's IK) with its tip 10-30 mm before the entry on the trocar axis, moved up to 4 mm across it and
-the needle tilted up to 4 deg, rendered with image noise and the recorder's JPEG round trip. For every camera set a
+What: poses rendered as `vision_pretrain --near_poses` renders them (render_near_pose: the scene placed and
+randomized as sim.collect does, base seed 9100, held out 9200; the arm put by the expert's IK with its tip 10-30 mm
+before the entry on the trocar axis, up to 4 mm across it, the needle tilted up to 4 deg; the recorder's JPEG). For every camera set a
 Localizer (vision_pretrain's: the tiny-vision encoder and connector, a linear head) is trained to regress where the
 entry is relative to the tip, in the tip's frame (x, y across the needle, z along it; mm). Prints the held-out
 error per axis, across the needle (the distance in the x-y plane) and the share under 1 mm, beside a blind guess.
@@ -28,64 +28,27 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from benchmarks.bench_learning import TIERS  # noqa: E402
 from benchmarks.measure import load_average, machine, print_table  # noqa: E402
-from episode_format.jpeg import DEFAULT_JPEG_QUALITY, as_recorded  # noqa: E402
 from insertion_vla.localizer import Localizer, localizer_images  # noqa: E402
 from insertion_vla.tiny_vlm import build_tiny_vlm  # noqa: E402
 from insertion_vla.vision_pretrain import (  # noqa: E402
+    NEAR_HELD_OUT_BASE_SEED,
+    NEAR_RENDER_BASE_SEED,
     RenderSettings,
-    close_render_env,
     image_side_problem,
-    render_env,
+    render_near_poses,
     train_localizer,
 )
-from sim.expert import DampedLeastSquaresIK  # noqa: E402
-from sim.kinematics import matrix_from_rotvec  # noqa: E402
 from sim.randomization import add_randomization_args, randomization_from_args  # noqa: E402
-from sim.render_workers import render_in_workers  # noqa: E402
-from sim.scene import CAMERA_NAMES, TIP_SITE  # noqa: E402
-from sim.seeding import episode_seed  # noqa: E402
-
-TRAIN_BASE_SEED, HELD_OUT_BASE_SEED = 9100, 9200  # none of the tiers', the evaluations' or vision_pretrain's
-STANDOFF_M = (0.010, 0.030)  # tip before the entry, along the trocar axis (the expert's stand-off: 20 mm)
-ACROSS_M = 0.004  # tip moved off the axis, up to this per axis across it
-TILT_DEG = 4.0
-
-def render_pose(task: tuple[int, int, RenderSettings]) -> tuple[dict, np.ndarray]:
-    """Pose `index` of `base_seed` -> (every camera's recorded frame, the entry in the tip frame in mm)."""
-    base_seed, index, settings = task
-    env = render_env(settings)
-    ik = DampedLeastSquaresIK(env.model)
-    seed = episode_seed(base_seed, index)
-    env.reset(seed=seed)
-    rng = np.random.default_rng([seed, 1])  # the pose's own stream: the scene is the seed's as sim.collect draws it
-    entry, _, axis = env.trocar_target()
-    across = rng.uniform(-ACROSS_M, ACROSS_M, 3)
-    across -= (across @ axis) * axis
-    tilt = rng.normal(size=3)
-    tilt *= np.radians(rng.uniform(0.0, TILT_DEG)) / np.linalg.norm(tilt)
-    tip_goal = entry - rng.uniform(*STANDOFF_M) * axis + across
-    observation = env.place_arm(ik.solve(env.commanded_qpos(), tip_goal, matrix_from_rotvec(tilt) @ axis,
-                                         max_iterations=200))
-    site = env.model.site(TIP_SITE).id
-    tip, rotation = env.data.site_xpos[site], env.data.site_xmat[site].reshape(3, 3)
-    frames = {name: as_recorded(observation["images"][name], DEFAULT_JPEG_QUALITY) for name in CAMERA_NAMES}
-    return frames, (rotation.T @ (entry - tip) * 1000.0).astype(np.float32)
+from sim.scene import CAMERA_NAMES  # noqa: E402
 
 
 def render_poses(count: int, base_seed: int, settings: RenderSettings, workers: int) -> tuple[list, torch.Tensor]:
-    tasks = [(base_seed, i, settings) for i in range(count)]
-    try:
-        rendered = list(tqdm(render_in_workers(render_pose, tasks, workers, ordered=True), total=count,
-                             desc="render", unit="pose", dynamic_ncols=True, leave=False))
-    finally:
-        close_render_env()
-    frames, offsets = zip(*rendered)
-    return list(frames), torch.from_numpy(np.stack(offsets))
+    poses = render_near_poses(count, settings, base_seed, workers)
+    return [pose.frames for pose in poses], torch.from_numpy(np.stack([pose.offset_mm for pose in poses]))
 
 
 def main() -> None:
@@ -120,8 +83,8 @@ def main() -> None:
     phantom, dr = randomization_from_args(args)
     settings = RenderSettings(phantom=phantom, dr=dr, width=args.width, height=args.height)
     started = time.perf_counter()
-    train_frames, train_offsets = render_poses(args.poses, TRAIN_BASE_SEED, settings, args.workers)
-    test_frames, test_offsets = render_poses(args.held_out, HELD_OUT_BASE_SEED, settings, args.workers)
+    train_frames, train_offsets = render_poses(args.poses, NEAR_RENDER_BASE_SEED, settings, args.workers)
+    test_frames, test_offsets = render_poses(args.held_out, NEAR_HELD_OUT_BASE_SEED, settings, args.workers)
     blind = test_offsets - train_offsets.mean(0)
     print(f"machine: {machine()}; {load_average()}; rendered {args.poses} + {args.held_out} held-out poses in "
           f"{time.perf_counter() - started:.0f} s; {args.image_side}x{args.image_side} images")

@@ -165,12 +165,16 @@ class NearTarget:
                 and tilt <= self.tilt_deg)
 
     def placement_xy(self, frames: dict, ee_pose: np.ndarray, yaw_deg: float) -> np.ndarray:
-        """The placement's dx, dy (mm) where this localizer sees the entry from the tip (ee_pose), the phantom
-        turned by yaw_deg."""
-        offset = self.localizer.estimate(frames).astype(np.float64) / 1000.0
-        entry = ee_pose[:3] + matrix_from_euler_xyz(ee_pose[3:]) @ offset
-        nominal, _ = trocar_in_world(0.0, 0.0, np.radians(yaw_deg))
-        return ((entry - nominal)[:2] * 1000.0).astype(np.float32)
+        """The placement's dx, dy (mm) where this localizer sees the entry from the tip (ee_pose)."""
+        return placement_xy_of_entry(self.localizer.estimate(frames), ee_pose, yaw_deg)
+
+
+def placement_xy_of_entry(entry_in_tip_mm: np.ndarray, ee_pose: np.ndarray, yaw_deg: float) -> np.ndarray:
+    """The placement's dx, dy (mm, float32) that puts the entry at entry_in_tip_mm in the frame of the tip at
+    ee_pose, the phantom turned by yaw_deg."""
+    entry = ee_pose[:3] + matrix_from_euler_xyz(ee_pose[3:]) @ (np.asarray(entry_in_tip_mm, np.float64) / 1000.0)
+    nominal, _ = trocar_in_world(0.0, 0.0, np.radians(yaw_deg))
+    return ((entry - nominal)[:2] * 1000.0).astype(np.float32)
 
 
 class PlacementEstimator:

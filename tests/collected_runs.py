@@ -67,19 +67,21 @@ def randomized_episode(tmp_path_factory) -> Path:
                                                "--start_joint_range_deg", "5")[0])
 
 
-# vision_pretrain at the smallest that still runs every part of it: a tiny-vision VLM, 3 placements, 2 steps.
+# vision_pretrain at the smallest that still runs every part of it: a tiny-vision VLM, 3 placements (and 3 near-target
+# poses), 2 steps.
 PLACED = ("--phantom_x_range", "0.01", "--phantom_y_min", "-0.01", "--phantom_y_max", "0.01")
 
 
 def pretrained_vlm(tmp_path_factory) -> Path:
-    """A tiny-vision VLM folder given weights and a localizer by insertion_vla.vision_pretrain (in this process)."""
+    """A tiny-vision VLM folder given weights, a localizer and a near-target one by insertion_vla.vision_pretrain (in
+    this process)."""
     from insertion_vla.tiny_vlm import build_tiny_vlm
     from insertion_vla.vision_pretrain import main as pretrain
 
     def make():
         vlm_dir = build_tiny_vlm(tmp_path_factory.mktemp("pretrain") / "vlm", "tiny-vision")
         pretrain([str(vlm_dir), "--placements", "3", "--held_out", "2", "--steps", "2", "--workers", "1",
-                  "--width", "64", "--height", "48", *PLACED])
+                  "--width", "64", "--height", "48", "--near_poses", "3", "--near_held_out", "2", *PLACED])
         return vlm_dir
     return _once("pretrained vlm", make)
 

@@ -27,7 +27,7 @@ from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
-from insertion_vla.localizer import load_localizer
+from insertion_vla.localizer import NearTarget, PlacementEstimator, load_localizer
 from insertion_vla.policy import predict_action_chunk, prepare_batch
 from insertion_vla.stats import compute_stats
 from sim.env import NeedleInsertionEnv
@@ -135,41 +135,53 @@ def test_the_dataset_sample_at_frame_t_holds_action_t_and_state_t(recording):
         assert np.mean(np.any(array[1:] != array[:-1], axis=1)) > 0.8
 
 
-def test_training_and_the_evaluator_append_the_same_placement_estimate(recording, tmp_path_factory):
-    """dataset.placement_estimate: every sample of an episode ends its state with the localizer's estimate from the
-    recorded frame 0, the statistics describe that state, and the evaluator's driver makes the same estimate from
-    the episode's first observation (rendered again from the recorded seed, through the recorder's JPEG round
-    trip)."""
-    localizer = load_localizer(pretrained_vlm(tmp_path_factory))
-    dataset_cfg = defaults()["dataset"]
-    keys = keys_from_config(dataset_cfg)
-    dataset = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), localizer=localizer)
-    estimate = dataset[0]["observation.state"].numpy()[6:]
-    assert dataset.state_dim == 9 and estimate.shape == (3,)
-    for t in (0, len(dataset) // 2, len(dataset) - 1):
-        state = dataset[t]["observation.state"].numpy()
-        np.testing.assert_array_equal(state[:6], recording.ee_pose[t])
-        np.testing.assert_array_equal(state[6:], estimate)
-    stats, _ = compute_stats([recording.path], keys, progress=False, localizer=localizer)
-    np.testing.assert_allclose(stats["observation.state"]["mean"][6:], estimate, rtol=1e-6)
-    np.testing.assert_allclose(stats["observation.state"]["mean"][:6], recording.ee_pose.mean(0), rtol=1e-5, atol=1e-7)
+def test_training_and_the_evaluator_append_the_same_placement_estimate_at_every_frame(recording, tmp_path_factory):
+    """dataset.placement_estimate with near_target_estimate: every sample's state ends with the estimate at its frame,
+    the statistics describe that state, and the evaluator's tracker, fed the episode's observations again (replayed
+    from the recorded seed with the recorded actions, through the recorder's JPEG round trip), makes the same
+    estimate at every frame. The near-target window is widened to the whole episode here, so that the refinement is
+    compared at every frame (the tiny localizer's first estimate is too far off for the window it was trained on).
+    Without the near-target localizer the estimate is frame 0's at every frame."""
+    vlm = pretrained_vlm(tmp_path_factory)
+    first = load_localizer(vlm)
+    near = replace(NearTarget.load(vlm), standoff_mm=(-1e3, 1e3), across_mm=1e3, tilt_deg=180.0,
+                   weights=np.array([0.5, 0.5], np.float32))
+    estimator = PlacementEstimator(first, near)
+    keys = keys_from_config(defaults()["dataset"])
+    dataset = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), estimator=estimator)
+    states = np.stack([dataset[t]["observation.state"].numpy() for t in range(len(dataset))])
+    assert dataset.state_dim == 9
+    np.testing.assert_array_equal(states[:, :6], recording.ee_pose)
+    estimates = states[:, 6:]
+    with open_episode(recording.path, keys) as episode:
+        frame0 = first.estimate({camera: episode.read_image(camera, 0) for camera in first.cameras})
+    np.testing.assert_array_equal(estimates[0], frame0)
+    np.testing.assert_array_equal(estimates[:, 2], frame0[2])  # the yaw stays the first frame's
+    stats, _ = compute_stats([recording.path], keys, progress=False, estimator=estimator)
+    np.testing.assert_allclose(stats["observation.state"]["mean"][6:], estimates.mean(0), rtol=1e-5)
 
     env = env_of(recording.attrs, render_images=True)
-    observation, _ = env.reset(seed=int(recording.attrs["sim_seed"]))
-    env.close()
     inputs = PolicyInputs(cameras={camera: f"observation.images.{name}" for camera, name in keys.cameras.items()},
                           state=("ee_pose",), task="", image_side=64, jpeg_quality=DEFAULT_JPEG_QUALITY,
-                          localizer=localizer)
-    driver_estimate = placement_estimate(observation, inputs)
-    np.testing.assert_allclose(driver_estimate, estimate, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(observation_batch(observation, inputs, driver_estimate)["observation.state"][0].numpy(),
-                               dataset[0]["observation.state"].numpy(), rtol=0, atol=1e-5)
-    # Negative controls: the rendered frame without the JPEG round trip, and a later recorded frame, give other
-    # estimates, so the equality above would catch either mistake.
-    assert np.abs(placement_estimate(observation, replace(inputs, jpeg_quality=0)) - estimate).max() > 1e-4
-    with open_episode(recording.path, keys) as episode:
-        later = localizer.estimate({camera: episode.read_image(camera, len(dataset) // 2) for camera in localizer.cameras})
-    assert np.abs(later - estimate).max() > 1e-4
+                          estimator=estimator)
+    observation, _ = env.reset(seed=int(recording.attrs["sim_seed"]))
+    tracker, raw_tracker, driver_estimates = estimator.tracker(), estimator.tracker(), []
+    raw_first = placement_estimate(observation, replace(inputs, jpeg_quality=0), raw_tracker)
+    for action in recording.action:
+        driver_estimates.append(placement_estimate(observation, inputs, tracker))
+        observation, *_ = env.step(action)
+    env.close()
+    driver_estimates = np.array(driver_estimates)
+    np.testing.assert_allclose(driver_estimates, estimates, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(observation_batch(observation, inputs, driver_estimates[-1])["observation.state"][0][6:],
+                               estimates[-1], rtol=0, atol=1e-4)
+    # Negative controls: the refined estimate changes from frame to frame, so a tracker a frame late would fail the
+    # equality above, and so would frames without the JPEG round trip.
+    assert np.abs(driver_estimates[1:] - estimates[:-1]).max() > 1e-3
+    assert np.abs(raw_first - estimates[0]).max() > 1e-4
+    plain = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), estimator=PlacementEstimator(first))
+    for t in (0, len(plain) // 2, len(plain) - 1):
+        np.testing.assert_array_equal(plain[t]["observation.state"].numpy()[6:], frame0)
 
 
 class RecordedActionsDriver:

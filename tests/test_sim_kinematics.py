@@ -9,6 +9,7 @@ from sim.kinematics import (
     JOINT_LIMITS_DEG,
     euler_xyz_from_matrix,
     flange_pose,
+    matrix_from_euler_xyz,
     matrix_from_rotvec,
     quat_from_rotvec,
     rot_x,
@@ -71,3 +72,4 @@ def test_rotation_helpers_round_trip():
         rot_y = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
         rot_z = matrix_from_rotvec([0, 0, c])
         np.testing.assert_allclose(euler_xyz_from_matrix(rot_x(a) @ rot_y @ rot_z), [a, b, c], atol=1e-9)
+        np.testing.assert_allclose(matrix_from_euler_xyz([a, b, c]), rot_x(a) @ rot_y @ rot_z, atol=1e-12)

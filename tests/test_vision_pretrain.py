@@ -13,12 +13,30 @@ from fixtures_policy import CAMERA_KEYS, make_policy_cfg, make_stats
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 
+from insertion_vla.config import defaults
 from insertion_vla.errors import UserError
 from insertion_vla.export import export_pretrained
-from insertion_vla.localizer import LOCALIZER_FILE, load_localizer
+from insertion_vla.localizer import (
+    LOCALIZER_FILE,
+    NEAR_LOCALIZER_FILE,
+    NearTarget,
+    estimator_from_config,
+    load_localizer,
+    placement_xy_of_entry,
+)
 from insertion_vla.policy import build_policy
 from insertion_vla.tiny_vlm import build_tiny_vlm
-from insertion_vla.vision_pretrain import RENDER_BASE_SEED, WEIGHTS_FILE, RenderSettings, close_render_env, main, render_placement
+from insertion_vla.vision_pretrain import (
+    NEAR_RENDER_BASE_SEED,
+    RENDER_BASE_SEED,
+    STANDOFF_MM,
+    WEIGHTS_FILE,
+    RenderSettings,
+    close_render_env,
+    main,
+    render_near_pose,
+    render_placement,
+)
 from sim.randomization import DomainRandomization, PhantomPlacement
 
 
@@ -146,3 +164,48 @@ def test_a_damaged_or_mismatched_localizer_is_refused_naming_the_file_and_the_fi
     with pytest.raises(UserError, match=f"does not fit the VLM of {mismatched / 'config.json'}"):
         load_localizer(mismatched)
     assert load_localizer(pretrained_vlm).side == 64  # the intact one still loads
+
+
+def test_the_near_target_localizer_is_kept_with_its_window_and_fusion_weights(pretrained_vlm):
+    near = NearTarget.load(pretrained_vlm)
+    assert near.localizer.cameras == ("tool_camera",) and near.standoff_mm == STANDOFF_MM
+    assert near.weights.shape == (2,) and ((near.weights >= 0) & (near.weights <= 1)).all()
+    record = json.loads((pretrained_vlm / "pretraining.json").read_text())["near_target"]
+    assert record["poses"] == 3 and record["fusion_weights"] == pytest.approx(near.weights.tolist())
+    for name in ("first_frame_error", "near_target_error", "fused_error"):
+        assert np.isfinite(record[name]["in_plane_mm"]) and 0 <= record[name]["under_1mm"] <= 1
+
+
+def test_a_near_target_pose_is_in_the_window_and_the_entry_seen_from_its_tip_gives_the_placement():
+    """The geometry the refinement relies on, checked on a rendered pose against the scene's own placement: the tip
+    is in the window for the true placement, not 50 mm further back or for a placement 10 mm off, and the entry
+    where the render puts it relative to the tip gives back the placement's dx, dy (the yaw matters: negated, it
+    does not)."""
+    settings = RenderSettings(phantom=PhantomPlacement(x_range=0.01, y_min=-0.01, y_max=0.01, yaw_range_deg=5),
+                              dr=DomainRandomization(), width=64, height=48)
+    pose = render_near_pose((NEAR_RENDER_BASE_SEED, 0, settings))
+    close_render_env()
+    near = NearTarget(localizer=None, standoff_mm=STANDOFF_MM, across_mm=4.0, tilt_deg=4.0, weights=np.ones(2))
+    placement = np.array(pose.placement)
+    assert near.sees(pose.ee_pose, placement)
+    backed_off = pose.ee_pose.copy()
+    backed_off[:3] -= 0.05 * np.array(pose.offset_mm) / np.linalg.norm(pose.offset_mm)
+    assert not near.sees(backed_off, placement)
+    assert not near.sees(pose.ee_pose, placement + [10.0, 0.0, 0.0])
+    np.testing.assert_allclose(placement_xy_of_entry(pose.offset_mm, pose.ee_pose, placement[2]), placement[:2],
+                               rtol=0, atol=1e-3)
+    assert np.abs(placement_xy_of_entry(pose.offset_mm, pose.ee_pose, -placement[2]) - placement[:2]).max() > 0.1
+
+
+def test_pretraining_again_without_near_poses_removes_the_near_target_localizer_it_no_longer_fits(pretrained_vlm,
+                                                                                                   tmp_path):
+    vlm_dir = tmp_path / "vlm"
+    shutil.copytree(pretrained_vlm, vlm_dir)
+    main([str(vlm_dir), "--placements", "2", "--held_out", "1", "--steps", "1", "--workers", "1", "--width", "64",
+          "--height", "48", *PLACED])
+    assert (vlm_dir / LOCALIZER_FILE).is_file() and not (vlm_dir / NEAR_LOCALIZER_FILE).exists()
+    assert json.loads((vlm_dir / "pretraining.json").read_text())["near_target"] is None
+    cfg = {**defaults()["dataset"], "placement_estimate": str(vlm_dir), "near_target_estimate": True}
+    with pytest.raises(UserError, match=f"no {NEAR_LOCALIZER_FILE} there.*vision_pretrain {vlm_dir} --near_poses"):
+        estimator_from_config(cfg)
+    assert estimator_from_config({**cfg, "near_target_estimate": False}).near is None
