@@ -30,9 +30,9 @@ from mecademicpy.robot_classes import MecademicException
 
 from deploy.cameras import open_cameras
 from deploy.robot import RobotFault
-from deploy.tool import TIP_IN_FLANGE, ee_pose_from_joints, matrix_from_euler_xyz, rotation_angle_between, tip_pose
+from deploy.tool import TIP_IN_FLANGE, ee_pose_from_joints, rotation_angle_between, tip_pose
 from episode_format.errors import UserError
-from sim.kinematics import euler_xyz_from_matrix
+from sim.kinematics import euler_xyz_from_matrix, matrix_from_euler_xyz
 
 POSE_CHECK_MM, POSE_CHECK_DEG = 2.0, 1.0  # reported pose vs. the simulator's kinematics, at connection
 MONITORING_INTERVAL_S = 0.005  # real-time feedback period asked of the robot

@@ -3,7 +3,7 @@ and the tip pose for a joint set, from the simulator's kinematics (sim/kinematic
 
 import numpy as np
 
-from sim.kinematics import euler_xyz_from_matrix, flange_pose, matrix_from_rotvec, rot_x, rot_z, rotvec_from_matrix
+from sim.kinematics import euler_xyz_from_matrix, flange_pose, matrix_from_rotvec, rotvec_from_matrix
 from sim.scene import TIP_FRAME_QUAT, TOOL_LENGTH
 
 
@@ -34,10 +34,3 @@ def ee_pose_from_joints(q: np.ndarray) -> np.ndarray:
 def rotation_angle_between(a: np.ndarray, b: np.ndarray) -> float:
     """Angle (rad) of the rotation taking rotation matrix a to b."""
     return float(np.linalg.norm(rotvec_from_matrix(a.T @ b)))
-
-
-def matrix_from_euler_xyz(angles: np.ndarray) -> np.ndarray:
-    """Rotation matrix of mobile XYZ Euler angles (a, b, c): Rx(a) Ry(b) Rz(c), the inverse of
-    sim.kinematics.euler_xyz_from_matrix."""
-    a, b, c = angles
-    return rot_x(a) @ matrix_from_rotvec(np.array([0.0, b, 0.0])) @ rot_z(c)
