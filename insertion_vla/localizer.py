@@ -11,9 +11,10 @@ final tip error on the narrow tier, benchmarks/README.md): its action expert mus
 to joint targets from one placement per demonstration. Three numbers from the localizer are a map it can learn
 from few.
 
-The estimate is made once per episode, from frame 0, and appended to the state of every frame: in the training and
-validation samples and the statistics from the recorded frame 0 (EpisodeDataset, compute_dataset_stats.py), in the
-evaluator and the deployment's driver from the first observation after its JPEG round trip (evaluation.drivers).
+Without the near-target refinement below, the estimate is made once per episode, from frame 0, and appended to the
+state of every frame: in the training and validation samples and the statistics from the recorded frame 0
+(EpisodeDataset, compute_dataset_stats.py), in the evaluator and the deployment's driver from the first observation
+after its JPEG round trip (evaluation.drivers).
 
 Near the trocar, with dataset.near_target_estimate, a second localizer refines it (PlacementEstimator): from the
 tool camera, with the needle in view, it locates the entry relative to the needle tip to 1.1 mm across the needle
@@ -161,6 +162,7 @@ class NearTarget:
         along = to_entry @ axis
         across = np.linalg.norm(to_entry - along * axis)
         tilt = np.degrees(np.arccos(np.clip(matrix_from_euler_xyz(ee_pose[3:])[:, 2] @ axis, -1.0, 1.0)))
+        # across_mm bounds each axis of the rendered offsets: their distance from the axis, up to sqrt(2) times it
         return (self.standoff_mm[0] <= along <= self.standoff_mm[1] and across <= np.sqrt(2) * self.across_mm
                 and tilt <= self.tilt_deg)
 
