@@ -100,14 +100,14 @@ class PolicyDriver:
         self.queries = 0
         self._noise = torch.Generator()
         # the episode's placement estimate (inputs.estimator), updated at every prediction
-        self._tracker = inputs.estimator.tracker() if inputs.estimator is not None else None
+        self.tracker = inputs.estimator.tracker() if inputs.estimator is not None else None
 
     def reset(self, env, seed: int) -> None:
         self.policy.reset()
         self.schedule.reset()
         self.queries = 0
         self._noise.manual_seed(seed)  # the sampler's noise is a function of the episode: reruns are identical
-        self._tracker = self.inputs.estimator.tracker() if self.inputs.estimator is not None else None
+        self.tracker = self.inputs.estimator.tracker() if self.inputs.estimator is not None else None
 
     def needs_images(self) -> bool:
         """True when the next observation will be fed to the policy (a chunk is due)."""
@@ -116,7 +116,7 @@ class PolicyDriver:
     def predict_chunk(self, observation: dict) -> np.ndarray:
         """The chunk (chunk_size, action_dim) the policy predicts from one observation, in joint units. The first
         one after reset() is the episode's first observation: the placement estimate starts from it."""
-        estimate = placement_estimate(observation, self.inputs, self._tracker) if self._tracker is not None else None
+        estimate = placement_estimate(observation, self.inputs, self.tracker) if self.tracker is not None else None
         batch = prepare_batch(observation_batch(observation, self.inputs, estimate), self.preprocessor, self.device)
         config = self.policy.config
         noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise).to(self.device)
