@@ -13,7 +13,8 @@ localizer's placement estimate is part of the state, refined near the trocar):
   fixed   the phantom always at its nominal place;
   narrow  within +/-1 cm in x and y and +/-5 deg yaw: the policy must see where it is;
   full    the collector's default placement.
-Collected data in OUT/data is reused when it was collected with the same settings (sim.collect checks).
+Collected data in OUT/data is reused when it was collected with the same settings (sim.collect checks), and the
+VLM in OUT/tiny_vlm (pretrained or not) when the same commands made it (OUT/tiny_vlm_commands.json).
 Evaluation runs on held-out seeds (--eval_seed, never the collection's) with the tier's placement range, its
 chunks ensembled (--temporal_ensemble_coeff, --n_action_steps: see their help).
 
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 COLLECT_SEED = 0
 EVAL_SEED = 1000  # evaluation.rollout.EVAL_BASE_SEED: distinct from the collection's
+VLM_RECORD = "tiny_vlm_commands.json"  # beside OUT/tiny_vlm: the commands that made it
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,30 @@ def run_phase(name: str, cmd: list, timings: dict):
         sys.exit(f"error: the {name} phase failed (exit {result.returncode}); its output is above")
 
 
+def vlm_commands(tier: Tier, vlm: Path) -> dict[str, list[str]]:
+    """Phase name -> the arguments of the commands that make the tier's VLM in `vlm` (--workers aside)."""
+    commands = {"tiny VLM": ["-m", "insertion_vla.tiny_vlm", str(vlm), "--preset", tier.vlm_preset]}
+    if tier.pretrain_vision is not None:  # the placements the tier's demonstrations are drawn from
+        render = {**COLLECT, **tier.placement, "start_joint_range_deg": tier.collect.get("start_joint_range_deg", 0)}
+        commands["pretrain vision"] = ["-m", "insertion_vla.vision_pretrain", str(vlm),
+                                       *flags({**render, **tier.pretrain_vision})]
+    return commands
+
+
+def make_vlm(tier: Tier, vlm: Path, workers: int, timings: dict) -> None:
+    """The tier's VLM in `vlm`: the tiny VLM, its image path pretrained on rendered placements where the tier says so.
+    Reused when the same commands made it (recorded in VLM_RECORD beside it): the pretraining takes about 20 min."""
+    commands = vlm_commands(tier, vlm)
+    record = vlm.with_name(VLM_RECORD)
+    if record.is_file() and json.loads(record.read_text()) == commands and (vlm / "config.json").is_file():
+        print(f"\n==> reusing the VLM in {vlm}: {record} records the same commands (delete it to make the VLM again)")
+        return
+    record.unlink(missing_ok=True)  # a VLM half made by the commands below is not the recorded one
+    for name, command in commands.items():
+        run_phase(name, [PYTHON, *command, *(["--workers", workers] if name == "pretrain vision" else [])], timings)
+    atomic_write_text(record, json.dumps(commands, indent=2))
+
+
 def read_series(metrics_csv: Path, metric: str) -> list[tuple[int, float]]:
     with open(metrics_csv, newline="") as f:
         return [(int(row["step"]), float(row["value"])) for row in csv.DictReader(f) if row["metric"] == metric]
@@ -224,11 +250,7 @@ def main(argv=None):
     else:
         run_phase("collect", [PYTHON, "-m", "sim.collect", "--episodes", episodes, "--out", data, "--seed", COLLECT_SEED,
                               "--workers", args.workers, *collect_flags], timings)
-        run_phase("tiny VLM", [PYTHON, "-m", "insertion_vla.tiny_vlm", vlm, "--preset", tier.vlm_preset], timings)
-        if tier.pretrain_vision is not None:  # the placements the tier's demonstrations are drawn from
-            render = {**COLLECT, **tier.placement, "start_joint_range_deg": tier.collect.get("start_joint_range_deg", 0)}
-            run_phase("pretrain vision", [PYTHON, "-m", "insertion_vla.vision_pretrain", vlm, "--workers", args.workers,
-                                          *flags({**render, **tier.pretrain_vision})], timings)
+        make_vlm(tier, vlm, args.workers, timings)
         # after the pretraining: with placement_estimate the statistics include the localizer's estimate
         run_phase("stats", [PYTHON, "compute_dataset_stats.py", "--config", config, "--output", stats, *data_overrides], timings)
         run_phase("train", [PYTHON, "train_smolvla_sim.py", "--config", config, *train_overrides], timings)
