@@ -88,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "stores frames; 0: none (default: %(default)s)")
     parser.add_argument("--config", type=Path,
                         help="training config whose dataset section (cameras, state, task) describes the policy's "
-                             "inputs (default: the checkpoint's own, or the run's config.yaml next to final_hf/)")
+                             "inputs (default: the checkpoint's own, or final_hf/training_config.yaml; an older export: the "
+                             "run's config.yaml two folders up)")
     parser.add_argument("--episodes_from", type=Path, metavar="DIR_OR_LIST",
                         help="offline mode: predict along recorded episodes (a folder, an .h5 file or a "
                              "validation_episodes.txt) and report per-joint MAE in degrees with plots; no simulation")

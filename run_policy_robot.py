@@ -56,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sim: the simulator on the wall clock; meca500: the real arm")
     parser.add_argument("--config", type=Path,
                         help="training config whose dataset section (cameras, state, task) describes the policy's "
-                             "inputs (default: the checkpoint's own, or the run's config.yaml next to final_hf/)")
+                             "inputs (default: the checkpoint's own, or final_hf/training_config.yaml; an older export: the "
+                             "run's config.yaml two folders up)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the policy runs (default here: %(default)s)")
 

@@ -67,13 +67,15 @@ class _OperatorStop(Exception):
 
 
 class ControlLoop:
-    """predict: observation -> chunk (chunk_size, 6) rad; sinks: objects with add(observation, command, time_s)
-    called for every executed tick (the recording, the dry-run log)."""
+    """predict: observation -> chunk (chunk_size, 6) rad; observe: called with every observation, before any
+    prediction from it (the policy's placement estimate, PolicyDriver.observe); sinks: objects with
+    add(observation, command, time_s) called for every executed tick (the recording, the dry-run log)."""
 
     def __init__(self, robot: Robot, predict: Callable[[dict], np.ndarray], chunk_size: int, settings: LoopSettings,
-                 limits: SafetyLimits, stop_request: StopRequest, sinks: tuple = ()):
+                 limits: SafetyLimits, stop_request: StopRequest, sinks: tuple = (),
+                 observe: Callable[[dict], None] = lambda observation: None):
         check_n_action_steps(settings.n_action_steps, chunk_size)
-        self.robot, self.predict, self.chunk_size = robot, predict, chunk_size
+        self.robot, self.predict, self.observe, self.chunk_size = robot, predict, observe, chunk_size
         self.settings, self.limits, self.stop_request, self.sinks = settings, limits, stop_request, sinks
         self.period = 1.0 / settings.hz
         # asynchronous: a chunk is used until the next arrives, so only an exhausted one needs another at once
@@ -89,6 +91,7 @@ class ControlLoop:
             observation = self.robot.observe()
             check_observation(observation, time.monotonic(), self.period, self.robot.cameras)
             check_start(observation, self.limits)
+            self.observe(observation)
             started = time.monotonic()
             self.schedule.add(self.predict(observation))
             self.stats.first_chunk_s = time.monotonic() - started
@@ -109,6 +112,7 @@ class ControlLoop:
                           "the arm", flush=True)
                 observation = self.robot.observe()
                 check_observation(observation, time.monotonic(), self.period, self.robot.cameras)
+                self.observe(observation)
                 if previous is None:  # the first command's step counts from the joints measured at tick 0
                     previous, start_time = np.asarray(observation["qpos"], dtype=np.float64), observation["time"]
                 self._update_chunks(observation, tick)

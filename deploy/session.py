@@ -126,7 +126,7 @@ def run(args) -> int:
         request = StopRequest()
         with StopOnSignals(request):
             loop = ControlLoop(robot, driver.predict_chunk, chunk_size, settings, limits, request,
-                               sinks=tuple(s for s in (recording, dry_log) if s is not None))
+                               sinks=tuple(s for s in (recording, dry_log) if s is not None), observe=driver.observe)
             stats = loop.run()
     finally:
         robot.close()

@@ -2,7 +2,8 @@
 scripted expert.
 
 A driver has reset(env, seed) at the episode start, act(observation) every step and needs_images() before each
-step (whether the env must render the next observation), plus uses_images, n_action_steps and queries.
+step (whether the env must render the next observation), plus uses_images, n_action_steps and queries. A robot's
+control loop calls PolicyDriver's parts itself: observe(observation) every tick, predict_chunk when a chunk is due.
 ActionChunkSchedule, which turns predicted chunks into one action per step, knows nothing of the simulator: a
 robot's driver can use it as it is.
 """
@@ -99,8 +100,9 @@ class PolicyDriver:
         self.device = next(policy.parameters()).device
         self.queries = 0
         self._noise = torch.Generator()
-        # the episode's placement estimate (inputs.estimator), updated at every prediction
+        # the episode's placement estimate (inputs.estimator), fed every frame by observe()
         self.tracker = inputs.estimator.tracker() if inputs.estimator is not None else None
+        self._refines = inputs.estimator is not None and inputs.estimator.near is not None
 
     def reset(self, env, seed: int) -> None:
         self.policy.reset()
@@ -110,19 +112,33 @@ class PolicyDriver:
         self.tracker = self.inputs.estimator.tracker() if self.inputs.estimator is not None else None
 
     def needs_images(self) -> bool:
-        """True when the next observation will be fed to the policy (a chunk is due)."""
-        return self.schedule.needs_chunk()
+        """True when the next observation will be fed to the policy (a chunk is due), or to the placement estimate
+        refined near the trocar (every frame)."""
+        return self.schedule.needs_chunk() or self._refines
+
+    def observe(self, observation: dict) -> None:
+        """Every frame, before a chunk is predicted from it: the placement estimate sees it, as the training data's
+        estimate saw every recorded frame (PlacementEstimator.episode_estimates). The first after reset() is the
+        episode's first observation: the estimate starts from it."""
+        if self.tracker is not None:
+            placement_estimate(observation, self.inputs, self.tracker)
 
     def predict_chunk(self, observation: dict) -> np.ndarray:
-        """The chunk (chunk_size, action_dim) the policy predicts from one observation, in joint units. The first
-        one after reset() is the episode's first observation: the placement estimate starts from it."""
-        estimate = placement_estimate(observation, self.inputs, self.tracker) if self.tracker is not None else None
+        """The chunk (chunk_size, action_dim) the policy predicts from one observation, in joint units, with the
+        placement estimate that observe() made up to it."""
+        estimate = None
+        if self.tracker is not None:
+            if self.tracker.current is None:
+                raise RuntimeError("PolicyDriver.predict_chunk before observe(): the placement estimate starts from "
+                                   "the episode's first observation")
+            estimate = self.tracker.current.copy()
         batch = prepare_batch(observation_batch(observation, self.inputs, estimate), self.preprocessor, self.device)
         config = self.policy.config
         noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise).to(self.device)
         return predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
 
     def act(self, observation: dict) -> np.ndarray:
+        self.observe(observation)
         if self.schedule.needs_chunk():
             chunk = self.predict_chunk(observation)
             if not np.all(np.isfinite(chunk)):

@@ -20,6 +20,7 @@ from insertion_vla.config import defaults, load_config
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
+from insertion_vla.export import TRAINING_CONFIG_FILE, VLM_SUBDIR
 from insertion_vla.localizer import ESTIMATE_NAMES, EpisodeEstimate, estimator_from_config
 from sim.recorder import TASK_INSTRUCTION
 from sim.scene import CAMERA_NAMES
@@ -75,7 +76,7 @@ def load_export(path: Path, device: str):
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     path = path.resolve()
-    vlm = str(path / "vlm")
+    vlm = str(path / VLM_SUBDIR)
     policy = SmolVLAPolicy.from_pretrained(path, cli_overrides=[f"--vlm_model_name={vlm}", f"--device={device}"])
     preprocessor, postprocessor = make_pre_post_processors(
         policy.config, pretrained_path=str(path),
@@ -85,13 +86,21 @@ def load_export(path: Path, device: str):
 
 
 def training_config_of_export(export_dir: Path) -> tuple[dict, str]:
-    """The run's config.yaml (OUTPUT_DIR/checkpoints/final_hf -> OUTPUT_DIR/config.yaml), else the defaults (the
-    simulator's cameras and the ee_pose state)."""
-    run_config = export_dir.resolve().parent.parent / "config.yaml"
+    """The export's own training_config.yaml, its placement estimate from the export's vlm/ wherever the folder is
+    now; else (an export from before it was kept) the run's config.yaml (OUTPUT_DIR/checkpoints/final_hf ->
+    OUTPUT_DIR/config.yaml); else the defaults (the simulator's cameras and the ee_pose state)."""
+    export_dir = export_dir.resolve()
+    kept = export_dir / TRAINING_CONFIG_FILE
+    if kept.is_file():
+        cfg = load_config(kept)
+        if cfg["dataset"]["placement_estimate"]:
+            cfg["dataset"]["placement_estimate"] = str(export_dir / VLM_SUBDIR)
+        return cfg, str(kept)
+    run_config = export_dir.parent.parent / "config.yaml"
     if run_config.is_file():
         return load_config(run_config), str(run_config)
-    print(f"note: no training config next to {export_dir} ({run_config} is missing) and no --config: assuming the "
-          "default inputs (dataset.cameras, ee_pose state, task instruction of insertion_vla.config)")
+    print(f"note: no training config in {export_dir} or next to it ({run_config} is missing) and no --config: "
+          "assuming the default inputs (dataset.cameras, ee_pose state, task instruction of insertion_vla.config)")
     return defaults(), "defaults"
 
 

@@ -5,7 +5,10 @@
       policy_preprocessor.json + *.safetensors       lerobot's processor pipelines, with our normalization stats
       policy_postprocessor.json + *.safetensors
       vlm/                                           the VLM's config, tokenizer and processor (no weights: the
-                                                     VLM's trained weights are in model.safetensors)
+                                                     VLM's trained weights are in model.safetensors); the
+                                                     localizers of dataset.placement_estimate, if it is set
+      training_config.yaml                           the run's config: how the policy saw the data (cameras, state,
+                                                     task, placement estimate), for our evaluator and robot runner
 
 config.json names `vlm/` as `vlm_model_name` with `load_vlm_weights: false`, and the preprocessor's tokenizer step
 names it as `tokenizer_name`, so loading builds the VLM from these files and downloads nothing:
@@ -15,7 +18,8 @@ names it as `tokenizer_name`, so loading builds the VLM from these files and dow
 
 lerobot hands both names to transformers' from_pretrained unchanged, which resolves a relative path against the
 current directory, not against OUT_DIR; so they are written as absolute paths. After moving the folder (e.g. to a
-robot computer) either rewrite them once with repoint_export(NEW_DIR), or load with two overrides, lerobot only:
+robot computer) either rewrite them once with repoint_export(NEW_DIR), or load with two overrides, lerobot only
+(evaluation.policy_io reads training_config.yaml with its placement estimate pointed at the folder's own vlm/):
 
     d = Path(NEW_DIR).resolve()
     policy = SmolVLAPolicy.from_pretrained(d, cli_overrides=[f"--vlm_model_name={d / 'vlm'}"])
@@ -25,31 +29,39 @@ robot computer) either rewrite them once with repoint_export(NEW_DIR), or load w
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
 from episode_format.atomic import atomic_write_text
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
+from insertion_vla.config import save_config
 from insertion_vla.errors import exit_on_user_error
+from insertion_vla.localizer import LOCALIZER_FILE, NEAR_LOCALIZER_FILE
 
 VLM_SUBDIR = "vlm"
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 TOKENIZER_STEP = "tokenizer_processor"
 DEVICE_STEP = "device_processor"
+TRAINING_CONFIG_FILE = "training_config.yaml"
 
 
 def export_pretrained(
-    policy: SmolVLAPolicy, preprocessor, postprocessor, out_dir: str | os.PathLike, *, device: str | None = None
+    policy: SmolVLAPolicy, preprocessor, postprocessor, out_dir: str | os.PathLike, *, device: str | None = None,
+    train_cfg: dict | None = None,
 ) -> Path:
     """Write `policy` and its processors (with their stats) to `out_dir` in lerobot's layout; return its path.
 
     device: the device the exported config and preprocessor name (default: the policy's). lerobot refuses to
     load a "cuda" preprocessor on a machine without CUDA: export with device="cpu" for such a robot computer.
+    train_cfg: the run's config, kept as training_config.yaml; the localizers its dataset.placement_estimate names
+    are copied into vlm/, and the kept config names that folder instead.
     Written atomically: built in `<out_dir>.tmp-<pid>`, then renamed over any existing `out_dir`.
     """
     out_dir = Path(out_dir).resolve()
@@ -72,6 +84,8 @@ def export_pretrained(
         postprocessor.save_pretrained(tmp_dir)
         _set_step_config(tmp_dir / PREPROCESSOR_FILE, TOKENIZER_STEP, tokenizer_name=str(vlm_dir))
         _set_step_config(tmp_dir / PREPROCESSOR_FILE, DEVICE_STEP, device=device)
+        if train_cfg is not None:
+            _keep_training_config(train_cfg, tmp_dir, vlm_dir)
         _fsync_tree(tmp_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # never leave a half-written export behind
@@ -80,8 +94,20 @@ def export_pretrained(
     return out_dir
 
 
+def _keep_training_config(train_cfg: dict, tmp_dir: Path, vlm_dir: Path) -> None:
+    """training_config.yaml in tmp_dir; with a placement estimate, its localizers go along into vlm/."""
+    cfg = copy.deepcopy(train_cfg)
+    localizers = cfg["dataset"].get("placement_estimate")
+    if localizers:
+        for name in (LOCALIZER_FILE, NEAR_LOCALIZER_FILE):
+            if (Path(localizers) / name).is_file():  # a missing one is the estimator's error to report, on loading
+                shutil.copy2(Path(localizers) / name, tmp_dir / VLM_SUBDIR / name)
+        cfg["dataset"]["placement_estimate"] = str(vlm_dir)
+    save_config(cfg, tmp_dir / TRAINING_CONFIG_FILE)
+
+
 def repoint_export(export_dir: str | os.PathLike) -> Path:
-    """Point a moved export's config and tokenizer step at its own `vlm/` again (rewrites two JSON files)."""
+    """Point a moved export's config, tokenizer step and placement estimate at its own `vlm/` again."""
     export_dir = Path(export_dir).resolve()
     vlm_dir = str(export_dir / VLM_SUBDIR)
     config_path = export_dir / "config.json"
@@ -89,6 +115,12 @@ def repoint_export(export_dir: str | os.PathLike) -> Path:
     config["vlm_model_name"] = vlm_dir
     _write_json(config_path, config)
     _set_step_config(export_dir / PREPROCESSOR_FILE, TOKENIZER_STEP, tokenizer_name=vlm_dir)
+    training_config = export_dir / TRAINING_CONFIG_FILE
+    if training_config.is_file():
+        cfg = yaml.safe_load(training_config.read_text())
+        if cfg["dataset"].get("placement_estimate"):
+            cfg["dataset"]["placement_estimate"] = vlm_dir
+            save_config(cfg, training_config)
     return export_dir
 
 
@@ -140,7 +172,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     policy, preprocessor, postprocessor = restore_policy(ckpt)
-    out = export_pretrained(policy, preprocessor, postprocessor, args.out_dir, device=args.device)
+    out = export_pretrained(policy, preprocessor, postprocessor, args.out_dir, device=args.device,
+                            train_cfg=ckpt["config"])
     print(f"Exported step {ckpt['step']} of {args.checkpoint} to {out}")
 
 

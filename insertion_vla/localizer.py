@@ -223,8 +223,9 @@ class EpisodeEstimate:
             self.near_sum += near.placement_xy(frames(near.localizer.cameras), np.asarray(ee_pose, np.float64),
                                                self.first[2])
             self.near_count += 1
-            self.current = self.first.copy()
-            self.current[:2] += near.weights * (self.near_sum / self.near_count - self.first[:2])
+            current = self.first.copy()
+            current[:2] += near.weights * (self.near_sum / self.near_count - self.first[:2])
+            self.current = current  # one assignment: a thread predicting meanwhile reads the old or the new estimate
         return self.current.copy()
 
 

@@ -155,7 +155,7 @@ def train(cfg: dict, *, resume: str | None = None, reset_scheduler: bool = False
 
     batches.close()  # stop the DataLoader's workers now: left to garbage collection they can block the exit
     if state.step == end_step and runtime.is_main:
-        final = export_pretrained(policy, preprocessor, postprocessor, ckpt_dir / "final_hf")
+        final = export_pretrained(policy, preprocessor, postprocessor, ckpt_dir / "final_hf", train_cfg=cfg)
         monitor.print(f"Exported {final} (load with SmolVLAPolicy.from_pretrained)")
     dist.barrier()
     monitor.close()

@@ -15,20 +15,21 @@ import pytest
 import torch
 from collected_runs import overfit_run, pretrained_vlm, randomized_episode
 from episode_files import write_episode
-from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
+from fixtures_policy import CAMERA_KEYS, make_policy_cfg, make_stats, tiny_vlm_dir  # noqa: F401  (session fixture)
 from torch.utils.data import default_collate
 
 from episode_format import ACTION_KEY, EE_POSE_KEY, IMAGES_GROUP, QPOS_KEY
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from episode_format.reader import open_episode
-from evaluation.policy_io import PolicyInputs, observation_batch, placement_estimate
+from evaluation.drivers import PolicyDriver
+from evaluation.policy_io import PolicyInputs, placement_estimate
 from evaluation.rollout import run_episode
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.localizer import NearTarget, PlacementEstimator, load_localizer
-from insertion_vla.policy import predict_action_chunk, prepare_batch
+from insertion_vla.policy import build_policy, predict_action_chunk, prepare_batch
 from insertion_vla.stats import compute_stats
 from sim.env import NeedleInsertionEnv
 from sim.randomization import DomainRandomization, PhantomPlacement
@@ -135,13 +136,15 @@ def test_the_dataset_sample_at_frame_t_holds_action_t_and_state_t(recording):
         assert np.mean(np.any(array[1:] != array[:-1], axis=1)) > 0.8
 
 
-def test_training_and_the_evaluator_append_the_same_placement_estimate_at_every_frame(recording, tmp_path_factory):
+def test_training_and_the_evaluator_append_the_same_placement_estimate_at_every_frame(recording, tmp_path_factory,
+                                                                                    tiny_vlm_dir):  # noqa: F811
     """dataset.placement_estimate with near_target_estimate: every sample's state ends with the estimate at its frame,
-    the statistics describe that state, and the evaluator's tracker, fed the episode's observations again (replayed
-    from the recorded seed with the recorded actions, through the recorder's JPEG round trip), makes the same
-    estimate at every frame. The near-target window is widened to the whole episode here, so that the refinement is
-    compared at every frame (the tiny localizer's first estimate is too far off for the window it was trained on).
-    Without the near-target localizer the estimate is frame 0's at every frame."""
+    the statistics describe that state, and the evaluator's PolicyDriver, fed the episode's observations again
+    (replayed from the recorded seed with the recorded actions, through the recorder's JPEG round trip), makes the
+    same estimate at every frame, and predicts each chunk (every 5 frames) from the estimate at its frame. The
+    near-target window is widened to the whole episode here, so that the refinement is compared at every frame (the
+    tiny localizer's first estimate is too far off for the window it was trained on). Without the near-target
+    localizer the estimate is frame 0's at every frame."""
     vlm = pretrained_vlm(tmp_path_factory)
     first = load_localizer(vlm)
     near = replace(NearTarget.load(vlm), standoff_mm=(-1e3, 1e3), across_mm=1e3, tilt_deg=180.0,
@@ -164,20 +167,38 @@ def test_training_and_the_evaluator_append_the_same_placement_estimate_at_every_
     inputs = PolicyInputs(cameras={camera: f"observation.images.{name}" for camera, name in keys.cameras.items()},
                           state=("ee_pose",), task="", image_side=64, jpeg_quality=DEFAULT_JPEG_QUALITY,
                           estimator=estimator)
-    observation, _ = env.reset(seed=int(recording.attrs["sim_seed"]))
-    tracker, raw_tracker, driver_estimates = estimator.tracker(), estimator.tracker(), []
-    raw_first = placement_estimate(observation, replace(inputs, jpeg_quality=0), raw_tracker)
+    policy, preprocessor, postprocessor = build_policy(
+        make_policy_cfg(tiny_vlm_dir), state_dim=9, action_dim=6, camera_keys=CAMERA_KEYS, stats=make_stats(9, 6))
+    predicted_from = []  # the state of every chunk's input, as the driver hands it to lerobot's preprocessor
+
+    def seeing_preprocessor(batch):
+        predicted_from.append(batch["observation.state"][0, 6:].numpy().copy())
+        return preprocessor(batch)
+
+    driver = PolicyDriver(policy, seeing_preprocessor, postprocessor, inputs, n_action_steps=5)
+    seed = int(recording.attrs["sim_seed"])
+    observation, _ = env.reset(seed=seed)
+    driver.reset(env, seed)
+    raw_first = placement_estimate(observation, replace(inputs, jpeg_quality=0), estimator.tracker())
+    driver_estimates = []
     for action in recording.action:
-        driver_estimates.append(placement_estimate(observation, inputs, tracker))
+        driver.act(observation)  # its chunk is not executed: the recorded action is, so the frames are the same
+        driver_estimates.append(driver.tracker.current.copy())
+        assert driver.needs_images()  # every frame is rendered for the estimate
         observation, *_ = env.step(action)
     env.close()
     driver_estimates = np.array(driver_estimates)
     np.testing.assert_allclose(driver_estimates, estimates, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(observation_batch(observation, inputs, driver_estimates[-1])["observation.state"][0][6:],
-                               estimates[-1], rtol=0, atol=1e-4)
-    # Negative controls: the refined estimate changes from frame to frame, so a tracker a frame late would fail the
-    # equality above, and so would frames without the JPEG round trip.
+    np.testing.assert_allclose(np.array(predicted_from), estimates[::5], rtol=0, atol=1e-4)
+    # Negative controls: the refined estimate changes from frame to frame, so a tracker a frame late, or one fed only
+    # the frames a chunk is predicted from, would fail the equality above, and so would frames without the JPEG
+    # round trip.
     assert np.abs(driver_estimates[1:] - estimates[:-1]).max() > 1e-3
+    with open_episode(recording.path, keys) as episode:
+        tracker = estimator.tracker()
+        only_predictions = [tracker.update(recording.ee_pose[t], lambda cameras, t=t: {
+            camera: episode.read_image(camera, t) for camera in cameras}) for t in range(0, len(estimates), 5)]
+    assert np.abs(np.array(only_predictions) - estimates[::5]).max() > 1e-3
     assert np.abs(raw_first - estimates[0]).max() > 1e-4
     plain = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), estimator=PlacementEstimator(first))
     for t in (0, len(plain) // 2, len(plain) - 1):

@@ -46,6 +46,7 @@ from evaluation.policy_io import load_policy, policy_inputs, training_config_of_
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
 from insertion_vla.errors import UserError
+from insertion_vla.export import TRAINING_CONFIG_FILE
 from sim.env import NeedleInsertionEnv
 from sim.kinematics import flange_pose
 from sim.randomization import DomainRandomization, PhantomPlacement
@@ -92,6 +93,30 @@ def run_loop(chunk, *, robot=None, hz=HZ, max_seconds=1.0, on_violation="stop", 
     finally:
         robot.close()
     return stats, executed, robot
+
+
+def test_the_loop_shows_every_observation_to_the_policy_before_predicting_from_it():
+    """ControlLoop's observe (PolicyDriver.observe: the placement estimate, fed every frame as training's was) gets
+    the first observation and every tick's, each before a chunk is predicted from it."""
+    events, chunk = [], steady_chunk(HOME, length=4)
+
+    def predict(observation):
+        events.append(("predict", observation["time"]))
+        return chunk.copy()
+
+    robot = sim_robot()
+    robot.connect()
+    try:
+        stats = ControlLoop(robot, predict, len(chunk), LoopSettings(hz=HZ, n_action_steps=2, max_seconds=1.0),
+                            SafetyLimits(np.radians(40.0) / HZ, np.array(DEFAULT_WORKSPACE)), StopRequest(),
+                            observe=lambda observation: events.append(("observe", observation["time"]))).run()
+    finally:
+        robot.close()
+    observed = [time_s for kind, time_s in events if kind == "observe"]
+    assert len(observed) == stats.steps + 1 and stats.steps >= 4  # the one before the clock starts, then every tick
+    predictions = [i for i, (kind, _) in enumerate(events) if kind == "predict"]
+    assert len(predictions) >= 2
+    assert all(events[i - 1] == ("observe", events[i][1]) for i in predictions)  # right after its observation
 
 
 def robot_cli(argv) -> int:
@@ -482,7 +507,9 @@ def test_meca500_refuses_a_policy_that_sees_the_simulated_placement_estimate(exp
 
 
 def test_the_meca500_cameras_are_asked_for_the_size_of_the_training_frames(export):
-    dataset_cfg = training_config_of_export(export)[0]["dataset"]
+    train_cfg, source = training_config_of_export(export)
+    assert source == str(export / TRAINING_CONFIG_FILE)  # training kept its config in the export
+    dataset_cfg = train_cfg["dataset"]
     base = ["--policy", export, "--robot", "meca500", "--robot.address", "127.0.0.1", "--cameras", "{side_camera: 0}"]
     robot = make_robot(cli.parse_args([str(a) for a in base]), dataset_cfg)  # builds, connects to nothing
     assert (robot.width, robot.height) == (WIDTH, HEIGHT)

@@ -13,9 +13,10 @@ from fixtures_policy import CAMERA_KEYS, make_policy_cfg, make_stats
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 
-from insertion_vla.config import defaults
+from evaluation.policy_io import training_config_of_export
+from insertion_vla.config import defaults, load_config
 from insertion_vla.errors import UserError
-from insertion_vla.export import export_pretrained
+from insertion_vla.export import TRAINING_CONFIG_FILE, export_pretrained, repoint_export
 from insertion_vla.localizer import (
     LOCALIZER_FILE,
     NEAR_LOCALIZER_FILE,
@@ -83,6 +84,31 @@ def test_an_export_of_such_a_policy_loads_in_float32_with_its_weights(pretrained
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     for key, tensor in image_path_weights(pretrained_vlm).items():
         torch.testing.assert_close(loaded.model.vlm_with_expert.vlm.state_dict()[key], tensor, rtol=0, atol=0)
+
+
+def test_an_export_carries_its_localizers_and_its_training_config_where_it_moves(pretrained_vlm, tmp_path):
+    """final_hf/ keeps the run's config and the localizers of its placement estimate: moved elsewhere, with the
+    pretraining's folder gone, the evaluator's config names the export's own copies, which are the same."""
+    vlm = shutil.copytree(pretrained_vlm, tmp_path / "pretrained")
+    policy, preprocessor, postprocessor = build(vlm, load=True)
+    cfg = defaults()
+    cfg["dataset"].update(placement_estimate=str(vlm), near_target_estimate=True)
+    export_dir = export_pretrained(policy, preprocessor, postprocessor, tmp_path / "run" / "final_hf", device="cpu",
+                                   train_cfg=cfg)
+    shutil.rmtree(vlm)  # the localizers now exist only in the export
+    moved = shutil.move(export_dir, tmp_path / "robot")
+    train_cfg, source = training_config_of_export(moved)
+    assert source == str(moved / TRAINING_CONFIG_FILE)
+    assert train_cfg["dataset"]["placement_estimate"] == str(moved / "vlm")
+    estimator = estimator_from_config(train_cfg["dataset"])
+    assert estimator.near is not None
+    for kept, original in ((estimator.first, load_localizer(pretrained_vlm)),
+                           (estimator.near.localizer, load_localizer(pretrained_vlm, NEAR_LOCALIZER_FILE))):
+        assert kept.metadata == original.metadata
+        for key, tensor in original.state_dict().items():
+            torch.testing.assert_close(kept.state_dict()[key], tensor, rtol=0, atol=0, msg=key)
+    repoint_export(moved)  # the file itself names the new place too
+    assert load_config(moved / TRAINING_CONFIG_FILE)["dataset"]["placement_estimate"] == str(moved / "vlm")
 
 
 def test_pretraining_records_its_settings_and_errors(pretrained_vlm):
