@@ -101,7 +101,7 @@ def main() -> None:
 
     inside = sum(r["off_axis_mm"] < CANNULA_RADIUS * 1000 for r in reached)
     unsafe = [r for r in rows if r["unsafe_step"] is not None]
-    at_entry = sum(r["entry_step"] is not None and r["unsafe_step"] - r["entry_step"] <= 5 for r in unsafe)
+    at_entry = sum(r["entry_step"] is not None and 0 <= r["unsafe_step"] - r["entry_step"] <= 5 for r in unsafe)
     print(f"reached the entry: {len(reached)}/{len(rows)}; off the axis there {mean('off_axis_mm')} mm mean "
           f"({inside} within the cannula's {CANNULA_RADIUS * 1000:.1f} mm); estimate error then {mean('estimate_error_mm')} "
           f"mm (the first frame's {mean('first_frame_error_mm')}); unsafe {len(unsafe)}/{len(rows)}, {at_entry} of them "

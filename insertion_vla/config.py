@@ -312,6 +312,10 @@ def validate(cfg: dict):
             "dataset.use_ee_pose and dataset.use_qpos are both false and dataset.state_key is null: "
             "the policy needs a state. Set one of them."
         )
+    if d["near_target_estimate"] and not d["placement_estimate"]:
+        raise ConfigError("dataset.near_target_estimate refines the placement estimate, but dataset.placement_estimate "
+                          "is null: set it to the VLM folder vision_pretrain wrote (with --near_poses), or set "
+                          "dataset.near_target_estimate: false.")
     if not d["cameras"] or not all(isinstance(k, str) and isinstance(v, str) for k, v in d["cameras"].items()):
         raise ConfigError(f"dataset.cameras must map HDF5 camera names to lerobot names, got {d['cameras']!r}.")
     size = p["resize_imgs_with_padding"]

@@ -107,10 +107,12 @@ def load_localizer(vlm_dir, file: str = LOCALIZER_FILE) -> Localizer:
     path = vlm_dir / file
     flag = " --near_poses 6000" if file == NEAR_LOCALIZER_FILE else ""
     if not path.is_file():
+        instead = (" (which also pretrains the image path again: a policy trained on this folder then no longer fits "
+                   "it), or set dataset.near_target_estimate: false") if file == NEAR_LOCALIZER_FILE else ""
         raise UserError(f"dataset.placement_estimate={vlm_dir}: no {file} there. It is written by "
                         f"`python -m insertion_vla.vision_pretrain {vlm_dir}{flag}` with the settings of the "
                         "pretraining there (its pretraining.json; a folder pretrained before the localizer was kept "
-                        "has none: run it again).")
+                        f"has none: run it again){instead}.")
     rewrite = (f"write it again with `python -m insertion_vla.vision_pretrain {vlm_dir}{flag}` (the settings of its "
                "pretraining.json)")
     try:
@@ -162,7 +164,8 @@ class NearTarget:
         along = to_entry @ axis
         across = np.linalg.norm(to_entry - along * axis)
         tilt = np.degrees(np.arccos(np.clip(matrix_from_euler_xyz(ee_pose[3:])[:, 2] @ axis, -1.0, 1.0)))
-        # across_mm bounds each axis of the rendered offsets: their distance from the axis, up to sqrt(2) times it
+        # The rendered offsets are a cube of +/- across_mm per world axis, projected across the trocar axis: up to
+        # sqrt(3) times it from the axis. The window keeps within sqrt(2) times, where most of them lie.
         return (self.standoff_mm[0] <= along <= self.standoff_mm[1] and across <= np.sqrt(2) * self.across_mm
                 and tilt <= self.tilt_deg)
 

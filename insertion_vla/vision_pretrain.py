@@ -244,10 +244,13 @@ def train_near_target(first: Localizer, vlm_config, settings: RenderSettings, ar
                         for p, first_estimate in zip(held_out, first_estimates)])
     truth = np.array([p.placement for p in held_out])[:, :2]
     first_error, near_error = first_estimates[:, :2] - truth, near_xy - truth
-    # fused = first + w (near - first): the w of least squared error on the held-out scenes
+    # fused = first + w (near - first): the w of least squared error on the even-numbered held-out scenes, the fused
+    # error measured on the odd-numbered ones
     difference = near_error - first_error
-    weights = np.clip(-(first_error * difference).sum(0) / (difference**2).sum(0), 0.0, 1.0).astype(np.float32)
-    fused_error = first_error + weights * difference
+    fit, check = slice(0, None, 2), slice(1, None, 2)
+    weights = np.clip(-(first_error[fit] * difference[fit]).sum(0) / (difference[fit] ** 2).sum(0), 0.0, 1.0)
+    weights = weights.astype(np.float32)
+    fused_error = (first_error + weights * difference)[check]
 
     def plane(error):
         return {"dx_mm": float(np.abs(error[:, 0]).mean()), "dy_mm": float(np.abs(error[:, 1]).mean()),
@@ -258,10 +261,11 @@ def train_near_target(first: Localizer, vlm_config, settings: RenderSettings, ar
               "render_base_seed": NEAR_RENDER_BASE_SEED, "held_out_base_seed": NEAR_HELD_OUT_BASE_SEED,
               "standoff_mm": list(STANDOFF_MM), "across_mm": ACROSS_MM, "tilt_deg": TILT_DEG,
               "fusion_weights": weights.tolist(), "first_frame_error": plane(first_error),
-              "near_target_error": plane(near_error), "fused_error": plane(fused_error)}
+              "near_target_error": plane(near_error), "fused_error": plane(fused_error),
+              "fused_error_scenes": "the odd-numbered held-out scenes; the weights are fitted on the even-numbered"}
     for name in ("first_frame", "near_target", "fused"):
         e = record[f"{name}_error"]
-        print(f"{name.replace('_', ' ')} estimate, held out: dx {e['dx_mm']:.2f} mm, dy {e['dy_mm']:.2f} mm, "
+        print(f"{name.replace('_', ' ')} estimate, held out{' (half)' if name == 'fused' else ''}: dx {e['dx_mm']:.2f} mm, dy {e['dy_mm']:.2f} mm, "
               f"{e['in_plane_mm']:.2f} mm in the plane, {e['under_1mm']:.0%} under 1 mm")
     print(f"fusion weights of the near-target estimate: dx {weights[0]:.2f}, dy {weights[1]:.2f}")
     return NearTarget(model, STANDOFF_MM, ACROSS_MM, TILT_DEG, weights), record
@@ -276,11 +280,10 @@ def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict, near: NearT
     vlm = SmolVLMForConditionalGeneration(AutoConfig.from_pretrained(vlm_dir))
     vlm.model.vision_model.load_state_dict(model.vision.state_dict())
     vlm.model.connector.load_state_dict(model.connector.state_dict())
+    (vlm_dir / NEAR_LOCALIZER_FILE).unlink(missing_ok=True)  # it was fitted to the localizer about to be replaced
     atomic_write_text(vlm_dir / RECORD_FILE, json.dumps(record, indent=2))
     model.save(vlm_dir / LOCALIZER_FILE)
-    if near is None:
-        (vlm_dir / NEAR_LOCALIZER_FILE).unlink(missing_ok=True)
-    else:
+    if near is not None:
         near.localizer.save(vlm_dir / NEAR_LOCALIZER_FILE, {
             "standoff_mm": list(near.standoff_mm), "across_mm": near.across_mm, "tilt_deg": near.tilt_deg,
             "fusion_weights": near.weights.tolist()})
@@ -328,6 +331,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "e.g. --placements 2500")
     if args.near_poses and args.near_poses < 2:
         parser.error(f"--near_poses {args.near_poses}: 0 (none) or at least 2, e.g. --near_poses 6000")
+    if args.near_poses and args.near_held_out < 2:
+        parser.error(f"--near_held_out {args.near_held_out}: at least 2 (half fit the fusion weights, half measure them), "
+                     "e.g. --near_held_out 200")
     for name in ("held_out", "near_held_out", "steps", "batch_size", "workers", "width", "height"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")

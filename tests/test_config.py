@@ -41,6 +41,7 @@ def test_overrides_are_parsed_as_yaml_and_replace_dicts_whole():
     ("--dataset=3", "is a section"),
     ("training.steps=3", "--section.key=value"),
     ("--dataset.horizon=10", "must equal policy.chunk_size"),
+    ("--dataset.near_target_estimate=true", "dataset.placement_estimate is null"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
