@@ -24,7 +24,8 @@ Four options make demonstrations a policy learns more from (the env's success ru
                      `action` stays the expert's command on its path. The white noise of --perturb_std moves the arm
                      about half a millimetre for one frame; a policy in closed loop strays by millimetres for seconds,
                      and only demonstrations that do so show what to do from there. The offset ends at the stand-off,
-                     so the needle always enters the eye on the expert's path.
+                     or with --drift_until_mm D once the expert's path has come within D mm of the entry (the arm
+                     is then sent back onto the path), so the needle always enters the eye on the expert's path.
 """
 
 import argparse
@@ -56,6 +57,7 @@ from sim.seeding import MAX_ATTEMPTS, episode_seed
 
 PERTURBATION_STREAM = 7  # the injected noise has a random stream of its own, seeded by the episode's seed
 DRIFT_STREAM = 8  # and so has the drift: adding one does not change the other
+STAND_OFF_MM = ScriptedExpert().standoff * 1000.0  # where the approach ends, before the entry site
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class CollectionSettings:
     start_joint_range_deg: float = 0.0
     drift_mm: float = 0.0
     drift_seconds: float = 1.0
+    drift_until_mm: float = STAND_OFF_MM  # the drift ends where the expert's path is this far before the entry
 
 
 @dataclass(frozen=True)
@@ -97,16 +100,19 @@ def record_episode(
     expert.reset(env)
     recorder = EpisodeRecorder(CAMERA_NAMES, settings.jpeg_quality)
     noise = np.random.default_rng([seed, PERTURBATION_STREAM])
-    drift = tip_drift(np.random.default_rng([seed, DRIFT_STREAM]), int(expert.align_seconds * CONTROL_HZ) + 1,
+    drift = tip_drift(np.random.default_rng([seed, DRIFT_STREAM]), int(expert.duration_seconds * CONTROL_HZ) + 1,
                       settings.drift_mm / 1000.0, settings.drift_seconds)
     recovering = settings.perturb_std > 0 or settings.drift_mm > 0
     extra_steps, outcome, sent, deepest = int(round(settings.hold_seconds * CONTROL_HZ)), None, None, 0.0
     while True:
         action = expert.act(observation, from_q=sent if recovering else None)
         frame = len(recorder)
-        # Both deviations end at the stand-off: from there the needle enters the eye on the expert's path (noise
-        # during the insertion pushed it through the eye wall beside the 0.8 mm cannula in every narrow-tier one).
-        sent = expert.offset_command(drift[frame]) if settings.drift_mm > 0 and expert.on_approach else action
+        # Both deviations end before the entry (the noise at the stand-off, the drift there or drift_until_mm before
+        # the entry): the needle enters the eye on the expert's path (noise during the insertion pushed it through
+        # the eye wall beside the 0.8 mm cannula in every narrow-tier one).
+        drifting = settings.drift_mm > 0 and (
+            expert.on_approach or expert.tip_before_entry_m() * 1000.0 > settings.drift_until_mm)
+        sent = expert.offset_command(drift[frame]) if drifting else action
         if settings.perturb_std > 0 and expert.on_approach:
             sent = sent + noise.normal(0.0, settings.perturb_std, 6).astype(np.float32)
         recorder.add(observation, action, timestamp=frame / CONTROL_HZ, executed=sent if recovering else None)
@@ -194,7 +200,8 @@ def collection_attrs(settings: CollectionSettings) -> dict:
     return {"base_seed": settings.base_seed, "image_width": settings.width, "image_height": settings.height,
             "hold_seconds": settings.hold_seconds, "perturb_std": settings.perturb_std, **window,
             "start_joint_range_deg": settings.start_joint_range_deg, "drift_mm": settings.drift_mm,
-            "drift_seconds": settings.drift_seconds, **settings.phantom.to_attrs()}
+            "drift_seconds": settings.drift_seconds, "drift_until_mm": settings.drift_until_mm,
+            **settings.phantom.to_attrs()}
 
 
 def check_existing(path: Path, settings: CollectionSettings) -> None:
@@ -221,7 +228,8 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
         raise SystemExit(
             f"error: {path} was collected with {differ}, but this run asks for "
             f"{ {key: expected[key] for key in differ} }. Use another --out directory, or the same --seed, --width, "
-            "--height, --hold_seconds, --perturb_std, --start_joint_range_deg, --drift_mm, --drift_seconds and --phantom_* "
+            "--height, --hold_seconds, --perturb_std, --start_joint_range_deg, --drift_mm, --drift_seconds, "
+            "--drift_until_mm and --phantom_* "
             "flags to extend this one."
         )
 
@@ -294,6 +302,10 @@ def parse_args(
     parser.add_argument("--drift_seconds", type=float, default=None,
                         help=f"correlation time of that offset, s (default: {CollectionSettings.drift_seconds}; only "
                              "with --drift_mm)")
+    parser.add_argument("--drift_until_mm", type=float, default=None,
+                        help=f"the drift goes on into the insertion until the expert's path is this many mm before the "
+                             f"entry, then the arm is sent back onto it (default: {STAND_OFF_MM:g}, the stand-off: "
+                             "the approach only; only with --drift_mm)")
     add_randomization_args(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -312,6 +324,13 @@ def parse_args(
                      "got {}, {}, {} and {}".format(*amounts))
     if args.drift_seconds is not None and args.drift_mm == 0:
         parser.error("--drift_seconds acts only on a drift: add --drift_mm (e.g. --drift_mm 3) or leave it out")
+    if args.drift_until_mm is not None and args.drift_mm == 0:
+        parser.error("--drift_until_mm acts only on a drift: add --drift_mm (e.g. --drift_mm 3) or leave it out")
+    if args.drift_until_mm is None:
+        args.drift_until_mm = STAND_OFF_MM
+    if not (math.isfinite(args.drift_until_mm) and 0 < args.drift_until_mm <= STAND_OFF_MM):
+        parser.error(f"--drift_until_mm must be in (0, {STAND_OFF_MM:g}] mm before the entry, got {args.drift_until_mm}: "
+                     "e.g. --drift_until_mm 8")
     if args.drift_seconds is None:
         args.drift_seconds = CollectionSettings.drift_seconds
     if not (math.isfinite(args.drift_seconds) and args.drift_seconds > 0):
@@ -353,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         start_joint_range_deg=args.start_joint_range_deg,
         drift_mm=args.drift_mm,
         drift_seconds=args.drift_seconds,
+        drift_until_mm=args.drift_until_mm,
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)

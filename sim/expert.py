@@ -155,6 +155,13 @@ class ScriptedExpert:
         """Whether the command `act` just returned is on the way to the stand-off point (the align phase)."""
         return self._step / self.control_hz <= self.align_seconds
 
+    def tip_before_entry_m(self) -> float:
+        """How far before the entry site, along the trocar axis, the command `act` just returned puts the needle tip
+        (m; negative past the entry)."""
+        position, _ = self._waypoint("tip_before_entry_m")
+        entry = self._plan.standoff_position + self.standoff * self._plan.trocar_axis
+        return float((entry - position) @ self._plan.trocar_axis)
+
     def offset_command(self, tip_offset: np.ndarray) -> np.ndarray:
         """The command `act` just returned, solved again with the needle tip moved by tip_offset (m, world frame),
         the needle axis unchanged: a deviation from the path that lasts as long as the offset does (sim.collect

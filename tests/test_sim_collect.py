@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
+from deploy.tool import tip_pose
 from episode_format.jpeg import decode_jpeg
 from sim.collect import EpisodeOutcome, tip_drift, unsafe_warning
 from sim.kinematics import flange_pose
@@ -195,6 +196,26 @@ def test_drift_keeps_the_arm_off_its_path_on_the_approach_and_records_the_path(c
     assert refused.returncode != 0 and "collected with {'drift_mm': " in refused.stderr
 
 
+def test_drift_until_mm_goes_on_into_the_insertion_and_ends_before_the_entry(tmp_path):
+    """--drift_until_mm 8: the arm stays off the path into the insertion, until the expert's path is 8 mm before the
+    entry; then it is sent back onto it, and the needle enters the eye through the cannula."""
+    result = collect(tmp_path, 1, 7, "--drift_mm", "3", "--drift_until_mm", "8")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "episode_000000.h5") as f:
+        action, sent, attrs = f["action"][()], f["executed_action"][()], dict(f.attrs)
+    assert attrs["success"] and attrs["drift_until_mm"] == 8 and attrs["max_penetration_outside_trocar_mm"] == 0
+    # the tip on the expert's path (the recorded actions), mm before the entry along the trocar axis
+    before_entry = np.array([(attrs["trocar_entry"] - tip_pose(q)[:3, 3]) @ attrs["trocar_axis"] for q in action]) * 1e3
+    drifted = np.flatnonzero(np.any(sent != action, axis=1))
+    np.testing.assert_array_equal(drifted, np.arange(1, drifted[-1] + 1))  # from the second frame on, without a gap
+    assert drifted[-1] > int(round(3.5 * 15))  # past the approach (the default's end)
+    assert before_entry[drifted[-1]] > 8 >= before_entry[drifted[-1] + 1]
+    refused = collect(tmp_path, 2, 7, "--drift_mm", "3")  # the approach-only drift is another collection
+    assert refused.returncode != 0 and "collected with {'drift_until_mm': " in refused.stderr
+    refused = collect(tmp_path / "other", 1, 7, "--drift_until_mm", "8")
+    assert refused.returncode != 0 and "--drift_until_mm acts only on a drift" in refused.stderr
+
+
 def test_tip_drift_has_the_asked_spread_and_correlation_time():
     for seconds in (0.5, 2.0):
         path = tip_drift(np.random.default_rng(0), 20000, 0.003, seconds)
@@ -228,7 +249,7 @@ def test_help_names_every_range_flag():
         "--episodes", "--out", "--seed", "--workers", "--width", "--height", "--jpeg_quality", "--no_dr",
         "--backgrounds", "--light_position", "--camera_position", "--camera_rotation", "--color",
         "--image_noise_std", "--qpos_noise_std", "--damping", "--phantom_x_range", "--phantom_y_min", "--phantom_y_max",
-        "--phantom_yaw_range_deg", "--drift_mm", "--drift_seconds",
+        "--phantom_yaw_range_deg", "--drift_mm", "--drift_seconds", "--drift_until_mm",
     ):
         assert flag in result.stdout, flag
 
