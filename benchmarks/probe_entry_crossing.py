@@ -28,7 +28,7 @@ from evaluation.policy_io import load_policy, policy_inputs  # noqa: E402
 from evaluation.rollout import EVAL_BASE_SEED, evaluation_seeds, make_env  # noqa: E402
 from insertion_vla.vision_pretrain import placement_offsets  # noqa: E402
 from sim.randomization import add_randomization_args, randomization_from_args  # noqa: E402
-from sim.scene import CANNULA_RADIUS  # noqa: E402
+from sim.scene import CANNULA_RADIUS, along_and_across  # noqa: E402
 
 AT_ENTRY_MM = 0.5  # along the axis: the tip this close before the entry's plane counts as reaching it
 
@@ -50,10 +50,9 @@ def crossing(env, driver, seed: int) -> dict:
         tracker = driver.tracker
         if tracker is not None and row["refined_at"] is None and tracker.near_count:
             row["refined_at"] = step
-        to_tip = (observation["ee_pose"][:3].astype(np.float64) - entry) * 1000.0
-        along = to_tip @ axis
+        along, across = along_and_across(observation["ee_pose"][:3], entry, axis)
         if row["entry_step"] is None and along > -AT_ENTRY_MM:
-            row["entry_step"], row["off_axis_mm"] = step, float(np.linalg.norm(to_tip - along * axis))
+            row["entry_step"], row["off_axis_mm"] = step, across
             if tracker is not None:
                 row["estimate_error_mm"] = float(np.linalg.norm(tracker.current[:2] - truth[:2]))
                 row["first_frame_error_mm"] = float(np.linalg.norm(tracker.first[:2] - truth[:2]))

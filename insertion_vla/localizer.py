@@ -43,7 +43,7 @@ from episode_format.atomic import atomic_output
 from insertion_vla.dataset import resize_with_pad
 from insertion_vla.errors import UserError
 from sim.kinematics import matrix_from_euler_xyz
-from sim.scene import trocar_in_world
+from sim.scene import along_and_across, trocar_in_world
 
 LOCALIZER_FILE = "localizer.safetensors"
 NEAR_LOCALIZER_FILE = "near_localizer.safetensors"  # the near-target localizer (vision_pretrain --near_poses)
@@ -160,13 +160,11 @@ class NearTarget:
     def sees(self, ee_pose: np.ndarray, placement: np.ndarray) -> bool:
         """Whether the tip (ee_pose) is in the window, for the trocar where `placement` (dx, dy mm, yaw deg) puts it."""
         entry, axis = trocar_in_world(placement[0] / 1000.0, placement[1] / 1000.0, np.radians(placement[2]))
-        to_entry = (entry - ee_pose[:3]) * 1000.0
-        along = to_entry @ axis
-        across = np.linalg.norm(to_entry - along * axis)
+        past, across = along_and_across(ee_pose[:3], entry, axis)
         tilt = np.degrees(np.arccos(np.clip(matrix_from_euler_xyz(ee_pose[3:])[:, 2] @ axis, -1.0, 1.0)))
         # The rendered offsets are a cube of +/- across_mm per world axis, projected across the trocar axis: up to
         # sqrt(3) times it from the axis. The window keeps within sqrt(2) times, where most of them lie.
-        return (self.standoff_mm[0] <= along <= self.standoff_mm[1] and across <= np.sqrt(2) * self.across_mm
+        return (self.standoff_mm[0] <= -past <= self.standoff_mm[1] and across <= np.sqrt(2) * self.across_mm
                 and tilt <= self.tilt_deg)
 
     def placement_xy(self, frames: dict, ee_pose: np.ndarray, yaw_deg: float) -> np.ndarray:

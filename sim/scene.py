@@ -96,6 +96,14 @@ def trocar_in_world(dx: float, dy: float, yaw: float) -> tuple[np.ndarray, np.nd
     return turn @ entry + [PHANTOM_NOMINAL_XY[0] + dx, PHANTOM_NOMINAL_XY[1] + dy, TABLE_Z], turn @ axis
 
 
+def along_and_across(point: np.ndarray, entry: np.ndarray, axis: np.ndarray) -> tuple[float, float]:
+    """A point (m, world frame) relative to the trocar: how far past the entry along its unit axis (negative before
+    it) and how far from the axis, both in mm."""
+    offset = (np.asarray(point, np.float64) - entry) * 1000.0
+    along = float(offset @ axis)
+    return along, float(np.linalg.norm(offset - along * axis))
+
+
 def _robot_xml() -> str:
     """Nested bodies from the modified DH table; each joint's axis is its body's z axis."""
     # Visual geoms per link, in that link's frame (the frame of the joint that moves it).

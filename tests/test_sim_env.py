@@ -11,7 +11,7 @@ from sim.expert import DampedLeastSquaresIK
 from sim.kinematics import JOINT_LIMITS, matrix_from_euler_xyz
 from sim.randomization import DomainRandomization, PhantomPlacement
 from sim.safety import EyeGeometry, penetration_outside_trocar
-from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS, TEXTURED_MATERIALS, TIP_SITE, trocar_in_world
+from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS, TEXTURED_MATERIALS, TIP_SITE, along_and_across, trocar_in_world
 
 WIDTH, HEIGHT = 64, 48
 
@@ -204,6 +204,17 @@ def test_the_trocar_where_a_placement_puts_it_and_the_tip_frame_of_the_ee_pose(e
                                   - entry) - 0.001) < 1e-7
         tip_frame = env.data.site_xmat[env.model.site(TIP_SITE).id].reshape(3, 3)
         np.testing.assert_allclose(matrix_from_euler_xyz(observation["ee_pose"][3:]), tip_frame, atol=1e-6)
+
+
+def test_along_and_across_the_trocar_axis_of_the_depth_target_and_of_a_point_beside_the_entry(env):
+    """The geometry the near-target window and probe_entry_crossing share: the depth target lies 27.5 mm past the
+    entry on the axis; a point 2 mm beside the entry and 3 mm before it is 3 mm before, 2 mm across."""
+    env.reset(seed=1)
+    entry, target, axis = env.trocar_target()
+    assert np.allclose(along_and_across(target, entry, axis), (27.5, 0.0), atol=1e-3)  # the sites: float32
+    side = np.cross(axis, [1.0, 0.0, 0.0])
+    side /= np.linalg.norm(side)
+    assert np.allclose(along_and_across(entry + 0.002 * side - 0.003 * axis, entry, axis), (-3.0, 2.0), atol=1e-9)
 
 
 def test_truncated_at_the_timeout_and_commands_clipped_to_the_limits():
