@@ -84,7 +84,8 @@ class EpisodeDataset(Dataset):
     decode: "cpu" (images decoded and resized here) or "cuda" (JPEG bytes returned, see insertion_vla.gpu_images).
     replace_bad_frames: a sample needing a bad frame is replaced (see the module's doc); else its error is raised.
     estimator: an insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate) whose estimate at each
-    frame is appended to that frame's state; None: the recorded state alone.
+    frame is appended to that frame's state; None: the recorded state alone. The estimate at a frame depends on
+    the frames before it: with replace_bad_frames, one it cannot read is a bad frame of every sample from it on.
     """
 
     def __init__(self, paths, keys: EpisodeKeys, *, horizon: int, image_size, task_instruction=None,
@@ -109,11 +110,12 @@ class EpisodeDataset(Dataset):
 
         self.lengths, dims = [], {}
         self.estimates = []  # per episode: the placement estimates appended to its states, (T, 3) or (T, 0)
+        self.estimate_bad_from = {}  # episode position -> the record of the bad frame from which its estimates are unknown
         for path in self.paths:  # opening checks every file's schema up front, before any training step
             with self._open_episode(path) as ep:
                 ep.task(task_instruction)
                 self.lengths.append(ep.length)
-                self.estimates.append(estimator.episode_estimates(ep) if estimator is not None
+                self.estimates.append(self._estimates(ep, estimator) if estimator is not None
                                       else np.zeros((ep.length, 0), np.float32))
                 dims.setdefault((ep.state.shape[1] + self.estimates[-1].shape[1], ep.action.shape[1]), path)
                 raw = [camera for camera in keys.cameras if not ep.is_jpeg(camera)]
@@ -200,6 +202,20 @@ class EpisodeDataset(Dataset):
                         f"(in {', '.join(files)}): most of the data is unreadable. Check the files "
                         "(compute_dataset_stats.py --skip_bad lists bad ones).")
 
+    def _estimates(self, ep, estimator) -> np.ndarray:
+        """(T, 3): the episode's estimates; NaN from a frame they cannot read (replace_bad_frames), kept as
+        estimate_bad_from, else its error raised."""
+        rows = []
+        try:
+            for row in estimator.frame_estimates(ep, lambda camera, t: read_image(ep, camera, t)):
+                rows.append(row)
+        except BadFrame as err:
+            if not self.replace_bad_frames:
+                raise err.__cause__ from None
+            self.estimate_bad_from[len(self.estimates)] = err.record
+            rows += [np.full(3, np.nan, np.float32)] * (ep.length - len(rows))
+        return np.stack(rows)
+
     def _sample(self, index: int, decode_images: bool) -> dict:
         """Sample `index` as it is; BadFrame when a frame it needs is bad."""
         pos, t = self.locate(index)
@@ -219,17 +235,20 @@ class EpisodeDataset(Dataset):
 
         sample = {}
         for camera, name in self.keys.cameras.items():
-            try:
-                if decode_images:
-                    img = resize_with_pad(ep.read_image(camera, t), self.width, self.height)
-                    if rng is not None:
-                        img = augment_image(img, self.augmentation, rng)
-                    image = self.image_tensor(img)
-                else:
+            if decode_images:
+                img = resize_with_pad(read_image(ep, camera, t), self.width, self.height)
+                if rng is not None:
+                    img = augment_image(img, self.augmentation, rng)
+                image = self.image_tensor(img)
+            else:
+                try:
                     image = torch.from_numpy(ep.read_frame(camera, t))
-            except EpisodeFormatError as err:
-                raise BadFrame(path, camera, t, _problem(err, path)) from err
+                except EpisodeFormatError as err:
+                    raise BadFrame(path, camera, t, _problem(err, path)) from err
             sample[f"observation.images.{name}"] = image
+        bad = self.estimate_bad_from.get(pos)
+        if bad is not None and t >= bad["frame"]:  # the estimate at t needs that frame
+            raise BadFrame(path, bad["camera"], bad["frame"], bad["problem"])
         sample["observation.state"] = torch.from_numpy(np.concatenate([ep.state[t], self.estimates[pos][t]]))
         sample["action"] = torch.from_numpy(ep.action[rows])
         sample["action_is_pad"] = torch.from_numpy(steps >= ep.length)
@@ -256,6 +275,14 @@ class EpisodeDataset(Dataset):
 def bad_frames_of(batch: dict) -> list[dict]:
     """The bad-frame records of a collated batch, taken out of it (lerobot's preprocessor has no use for them)."""
     return [record for text in batch.pop(BAD_FRAMES) for record in json.loads(text)]
+
+
+def read_image(ep, camera: str, t: int) -> np.ndarray:
+    """Frame t of a camera, decoded; BadFrame when it cannot be."""
+    try:
+        return ep.read_image(camera, t)
+    except EpisodeFormatError as err:
+        raise BadFrame(ep.path, camera, t, _problem(err, ep.path)) from err
 
 
 def _problem(err: EpisodeFormatError, path) -> str:

@@ -27,7 +27,7 @@ over every recorded frame, the evaluator and the driver over the observations a 
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,17 +194,23 @@ class PlacementEstimator:
     def episode_estimates(self, episode) -> np.ndarray:
         """(T, 3) float32: the estimate at every frame of an opened episode (episode_format.reader.Episode; the
         simulator's cameras and ee_pose)."""
+        return np.stack(list(self.frame_estimates(episode)))
+
+    def frame_estimates(self, episode, read_image: Callable | None = None) -> Iterator[np.ndarray]:
+        """The estimate (3,) at each frame in turn, as episode_estimates; read_image(camera, t) -> the decoded frame
+        (default: the episode's): what it raises at a frame comes after the estimates of the frames before."""
         missing = [camera for camera in self.cameras if camera not in episode.keys.cameras]
         if missing:
             raise UserError(f"{episode.path}: the placement localizer (dataset.placement_estimate) sees the "
                             f"simulator's cameras {', '.join(self.cameras)}, but dataset.cameras does not name "
                             f"{', '.join(missing)}. The estimate is for simulator episodes (sim.collect): map their "
                             "cameras, or set dataset.placement_estimate: null.")
+        read_image = read_image or episode.read_image
         ee_pose = episode.read_array(EE_POSE_KEY).astype(np.float64) if self.near else None
         tracker = self.tracker()
-        return np.stack([tracker.update(None if ee_pose is None else ee_pose[t],
-                                        lambda cameras, t=t: {c: episode.read_image(c, t) for c in cameras})
-                         for t in range(episode.length)])
+        for t in range(episode.length):
+            yield tracker.update(None if ee_pose is None else ee_pose[t],
+                                 lambda cameras, t=t: {c: read_image(c, t) for c in cameras})
 
 
 class EpisodeEstimate:

@@ -3,12 +3,15 @@ the frame logged once in bad_samples.csv, and the run stops, naming the files, o
 
 import csv
 import json
+import shutil
+from dataclasses import replace
 
 import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
+from collected_runs import pretrained_vlm, randomized_episode
 from episode_files import CAMERAS, write_dataset
 from fixtures_policy import tiny_vlm_dir  # noqa: F401  (session fixture)
 from torch.utils.data import DataLoader
@@ -16,7 +19,10 @@ from train_runs import assert_same_weights, make_run_dir, torchrun, train
 
 from episode_format.errors import EpisodeFormatError
 from episode_format.reader import EpisodeKeys
+from insertion_vla.config import defaults
 from insertion_vla.dataset import BAD_FRAMES, EpisodeDataset, bad_frames_of
+from insertion_vla.episodes import keys_from_config
+from insertion_vla.localizer import NearTarget, PlacementEstimator, load_localizer
 
 KEYS = EpisodeKeys(cameras={c: f"camera{i + 1}" for i, c in enumerate(CAMERAS)}, state_keys=("observations/ee_pose",))
 BAD_JPEG = ("episode_0001.h5", "tool_camera", [3, 4, 5, 6])  # frames in the middle of the episode
@@ -91,6 +97,35 @@ def test_without_replacement_the_error_is_raised_as_before(tmp_path):
         EpisodeDataset(paths[:1], KEYS, horizon=4, image_size=(32, 32))[2]
     with pytest.raises(EpisodeFormatError, match="action has NaN/Inf at frame 3"):  # refused up front
         EpisodeDataset(paths[1:], KEYS, horizon=4, image_size=(32, 32))
+
+
+def test_a_frame_the_placement_estimate_cannot_read_is_a_bad_frame_of_every_sample_from_it_on(tmp_path,
+                                                                                               tmp_path_factory):
+    """The estimate at a frame depends on the frames before it (refined near the trocar from the tool camera; the
+    window widened to the whole episode, as in test_alignment): a tool-camera JPEG that does not decode at frame k
+    makes the samples from k on bad, each naming that frame, while those before it keep their states. Without
+    replacement the dataset refuses the file up front, naming the frame."""
+    vlm = pretrained_vlm(tmp_path_factory)
+    near = replace(NearTarget.load(vlm), standoff_mm=(-1e3, 1e3), across_mm=1e3, tilt_deg=180.0)
+    estimator = PlacementEstimator(load_localizer(vlm), near)
+    keys = keys_from_config(defaults()["dataset"])
+    path = tmp_path / "episode_0000.h5"
+    shutil.copy(randomized_episode(tmp_path_factory), path)
+    clean = EpisodeDataset([path], keys, horizon=4, image_size=(32, 32), estimator=estimator)
+    k = len(clean) // 2
+    corrupt_jpeg(path, "tool_camera", k)
+    with pytest.raises(EpisodeFormatError, match=rf"camera 'tool_camera' frame {k} is not a decodable JPEG"):
+        EpisodeDataset([path], keys, horizon=4, image_size=(32, 32), estimator=estimator)
+
+    ds = EpisodeDataset([path], keys, horizon=4, image_size=(32, 32), estimator=estimator, replace_bad_frames=True)
+    for t in (0, k - 1):
+        assert json.loads(ds[t][BAD_FRAMES]) == []
+        assert torch.equal(ds[t]["observation.state"], clean[t]["observation.state"])
+    for t in (k, k + 1, len(ds) - 1):
+        sample = ds[t]
+        records = json.loads(sample[BAD_FRAMES])
+        assert records and {(r["file"], r["camera"], r["frame"]) for r in records} == {(str(path), "tool_camera", k)}
+        assert sample["frame_index"] < k and torch.isfinite(sample["observation.state"]).all()  # a replacement
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
