@@ -26,6 +26,7 @@ far, by the weights vision_pretrain measured on held-out renders; its yaw stays 
 over every recorded frame, the evaluator and the driver over the observations a chunk is predicted from.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,6 +101,12 @@ class Localizer(torch.nn.Module):
             save_file(tensors, str(tmp), metadata={**extra, "cameras": json.dumps(self.cameras), "side": str(self.side)})
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def load_localizer(vlm_dir, file: str = LOCALIZER_FILE) -> Localizer:
     """The frozen localizer vision_pretrain wrote into vlm_dir as `file` (in eval mode, on the CPU); the JSON
     values it was saved with are its `metadata`."""
@@ -152,8 +159,17 @@ class NearTarget:
 
     @classmethod
     def load(cls, vlm_dir) -> "NearTarget":
+        """The near-target localizer of vlm_dir, refused unless its weights were fitted to the localizer there."""
         localizer = load_localizer(vlm_dir, NEAR_LOCALIZER_FILE)
         m = localizer.metadata
+        first = Path(vlm_dir) / LOCALIZER_FILE
+        if m.get("fused_with", file_digest(first)) != file_digest(first):  # files from before the digest: unchecked
+            raise UserError(f"dataset.near_target_estimate: {Path(vlm_dir) / NEAR_LOCALIZER_FILE} was fitted to "
+                            f"another {first} than the one there now (its fusion weights weigh that one's errors). "
+                            f"Write both again with `python -m insertion_vla.vision_pretrain {vlm_dir} --near_poses "
+                            "6000` and the settings of its pretraining.json (which also pretrains the image path "
+                            "again: a policy trained on this folder then no longer fits it), or set "
+                            "dataset.near_target_estimate: false.")
         return cls(localizer, tuple(m["standoff_mm"]), m["across_mm"], m["tilt_deg"],
                    np.asarray(m["fusion_weights"], np.float32))
 

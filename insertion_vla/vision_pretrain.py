@@ -54,6 +54,7 @@ from insertion_vla.localizer import (
     Localizer,
     NearTarget,
     as_pixels,
+    file_digest,
     localizer_images,
 )
 from sim.env import NeedleInsertionEnv
@@ -286,7 +287,7 @@ def write_vlm_weights(model: Localizer, vlm_dir: Path, record: dict, near: NearT
     if near is not None:
         near.localizer.save(vlm_dir / NEAR_LOCALIZER_FILE, {
             "standoff_mm": list(near.standoff_mm), "across_mm": near.across_mm, "tilt_deg": near.tilt_deg,
-            "fusion_weights": near.weights.tolist()})
+            "fusion_weights": near.weights.tolist(), "fused_with": file_digest(vlm_dir / LOCALIZER_FILE)})
     with tempfile.TemporaryDirectory(dir=vlm_dir.parent) as saved, atomic_output(vlm_dir / WEIGHTS_FILE) as tmp:
         vlm.save_pretrained(saved)  # transformers' names and layout of the weights, float32
         shutil.move(Path(saved) / WEIGHTS_FILE, tmp)

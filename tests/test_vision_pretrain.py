@@ -202,6 +202,17 @@ def test_the_near_target_localizer_is_kept_with_its_window_and_fusion_weights(pr
         assert np.isfinite(record[name]["in_plane_mm"]) and 0 <= record[name]["under_1mm"] <= 1
 
 
+def test_a_near_target_localizer_is_refused_beside_another_localizer_than_it_was_fitted_to(pretrained_vlm, tmp_path):
+    """Its fusion weights weigh the first localizer's errors: a localizer.safetensors changed since (here saved again
+    with other metadata) makes NearTarget.load refuse the pair, with the command that writes both again."""
+    vlm_dir = tmp_path / "vlm"
+    shutil.copytree(pretrained_vlm, vlm_dir)
+    NearTarget.load(vlm_dir)  # the pair as written
+    load_localizer(vlm_dir).save(vlm_dir / LOCALIZER_FILE, {"another": True})
+    with pytest.raises(UserError, match=f"fitted to another .*vision_pretrain {vlm_dir} --near_poses"):
+        NearTarget.load(vlm_dir)
+
+
 def test_a_near_target_pose_is_in_the_window_and_the_entry_seen_from_its_tip_gives_the_placement():
     """The geometry the refinement relies on, checked on a rendered pose against the scene's own placement: the tip
     is in the window for the true placement, not 50 mm further back or for a placement 10 mm off, and the entry
