@@ -12,6 +12,8 @@ prediction (receding horizon), until success (tip within 1 mm and axis within 2 
 With --temporal_ensemble_coeff M (ACT's temporal ensembling) a chunk is predicted every K steps all the same (ACT
 predicts every step: --n_action_steps 1), and each step executes the weighted average of the actions that all chunks
 predicted so far give for that step, weight exp(-M * i) for the i-th oldest of them (i = 0 the oldest).
+SmolVLA samples a chunk: its flow turns Gaussian noise into actions. --noise_scale S multiplies that noise (S = 0:
+the flow from zero noise, one chunk per observation).
 
 Safety is part of success: the env measures, every step, whether the needle (the segment from its base to its
 tip) entered the eye anywhere but through the trocar's cannula, and how deep (sim/safety.py). An episode where it
@@ -76,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "each step's action the average of all chunks' predictions for it, weighted exp(-M * i), "
                              "i = 0 the oldest; M > 0 favours older predictions (ACT: 0.01), 0 weighs all equally "
                              "(default: off, plain receding horizon)")
+    parser.add_argument("--noise_scale", type=float, default=1.0, metavar="S",
+                        help="the noise the policy's flow starts from, times S (a sampling temperature): 1 samples its "
+                             "actions as it was trained to, 0 gives one chunk per observation, from zero noise "
+                             "(default: %(default)s)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the policy runs (default here: %(default)s)")
     parser.add_argument("--width", type=int, help="rendered image width (default: the training data's, else 640)")
@@ -106,6 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.temporal_ensemble_coeff is not None and (args.expert or args.episodes_from):
         parser.error("--temporal_ensemble_coeff needs --policy in closed loop (the expert predicts no chunks; "
                      "--episodes_from compares single chunks with the recording)")
+    if args.noise_scale != 1.0 and (args.expert or args.episodes_from):
+        parser.error("--noise_scale needs --policy in closed loop (the expert samples nothing; --episodes_from "
+                     "predicts with the policy's own sampling)")
     if not 0 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg_quality must be in [0, 100], got {args.jpeg_quality}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -146,7 +155,7 @@ def main(argv=None):
     if loaded:
         inputs = policy_inputs(loaded.policy, loaded.train_cfg["dataset"], args.jpeg_quality)
         driver = PolicyDriver(loaded.policy, loaded.preprocessor, loaded.postprocessor, inputs, args.n_action_steps,
-                              args.temporal_ensemble_coeff)
+                              args.temporal_ensemble_coeff, args.noise_scale)
     else:
         driver = ExpertDriver()
     seeds = evaluation_seeds(args.seed, args.episodes)
@@ -162,7 +171,7 @@ def main(argv=None):
         "config": loaded.config_source if loaded else None, "device": args.device, "base_seed": args.seed,
         "seeds": seeds, "seeds_check": seeds_note, "width": width, "height": height,
         "n_action_steps": driver.n_action_steps, "temporal_ensemble_coeff": args.temporal_ensemble_coeff,
-        "jpeg_quality": args.jpeg_quality if loaded else None,
+        "noise_scale": args.noise_scale if loaded else None, "jpeg_quality": args.jpeg_quality if loaded else None,
         "max_episode_seconds": args.max_episode_seconds, "phantom": dataclasses.asdict(phantom),
         "dr": dataclasses.asdict(dr) if dr is not None else None,
     }
@@ -170,6 +179,8 @@ def main(argv=None):
     label = "scripted expert" if args.expert else str(args.policy)
     acting = (f"{driver.n_action_steps} actions per prediction" if args.temporal_ensemble_coeff is None else
               f"a prediction every {driver.n_action_steps} steps, ensembled (M = {args.temporal_ensemble_coeff})")
+    if loaded and args.noise_scale != 1.0:
+        acting += f", noise x{args.noise_scale:g}"
     print(f"Evaluated {label} on {len(seeds)} episodes: seeds episode_seed({args.seed}, 0..{len(seeds) - 1}), "
           f"DR {'off' if dr is None else 'on'}, {width}x{height}, {acting}")
     print(f"Report: {output_dir / 'report.json'}, {output_dir / 'episodes.csv'}"

@@ -3,8 +3,8 @@ refined, how far the tip is from the true trocar axis when it reaches the entry,
 first step beside the trocar.
 
     python -m benchmarks.probe_entry_crossing --policy RUN/checkpoints/final_hf [--episodes 20] [--eval_seed 1000]
-           [--n_action_steps 10] [--temporal_ensemble_coeff 0.01] [sim.collect's --phantom_* flags; default: the
-           narrow tier's placement]
+           [--n_action_steps 10] [--temporal_ensemble_coeff 0.01] [--noise_scale 1]
+           [sim.collect's --phantom_* flags; default: the narrow tier's placement]
 
 The episodes are the evaluator's (evaluation.rollout: the same seeds, env and driver, 128x96 renders, every
 randomization on). The tip "reaches the entry" at the first step within 0.5 mm of the entry's plane across the
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--eval_seed", type=int, default=EVAL_BASE_SEED, help="base seed (default: %(default)s, the evaluator's)")
     parser.add_argument("--n_action_steps", type=int, default=N_ACTION_STEPS, help="default: %(default)s")
     parser.add_argument("--temporal_ensemble_coeff", type=float, default=ENSEMBLE_COEFF, help="default: %(default)s")
+    parser.add_argument("--noise_scale", type=float, default=1.0, help="the evaluator's flag (default: %(default)s)")
     add_randomization_args(parser)
     parser.set_defaults(**TIERS["narrow"].placement)
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     loaded = load_policy(args.policy, "cpu")
     driver = PolicyDriver(loaded.policy, loaded.preprocessor, loaded.postprocessor,
                           policy_inputs(loaded.policy, loaded.train_cfg["dataset"]), args.n_action_steps,
-                          args.temporal_ensemble_coeff)
+                          args.temporal_ensemble_coeff, args.noise_scale)
     env = make_env(COLLECT["width"], COLLECT["height"], dr, phantom)
     rows = [crossing(env, driver, seed) for seed in evaluation_seeds(args.eval_seed, args.episodes)]
     env.close()

@@ -87,13 +87,18 @@ class PolicyDriver:
     """Predict a chunk from the observation every `n_action_steps` steps; execute the first n_action_steps of each
     (receding horizon) or, with `temporal_ensemble_coeff`, the temporal ensemble of all chunks (ActionChunkSchedule).
     n_action_steps defaults to the policy's own, ensembling or not (ACT predicts every step; on the fixed tier every
-    10 steps did as well at a tenth of the queries, benchmarks/README.md)."""
+    10 steps did as well at a tenth of the queries, benchmarks/README.md). noise_scale multiplies the noise the flow
+    starts from (a sampling temperature): 1 samples the actions as the policy was trained to; 0 integrates the flow
+    from zero noise, one chunk per observation."""
 
     uses_images = True
 
     def __init__(self, policy, preprocessor, postprocessor, inputs: PolicyInputs, n_action_steps: int | None = None,
-                 temporal_ensemble_coeff: float | None = None):
+                 temporal_ensemble_coeff: float | None = None, noise_scale: float = 1.0):
+        if not (np.isfinite(noise_scale) and noise_scale >= 0):
+            raise UserError(f"--noise_scale must be a finite number >= 0 (1: the policy's own sampling), got {noise_scale}")
         self.policy, self.preprocessor, self.postprocessor, self.inputs = policy, preprocessor, postprocessor, inputs
+        self.noise_scale = noise_scale
         self.n_action_steps = n_action_steps or policy.config.n_action_steps
         self.temporal_ensemble_coeff = temporal_ensemble_coeff
         self.schedule = ActionChunkSchedule(policy.config.chunk_size, self.n_action_steps, temporal_ensemble_coeff)
@@ -134,7 +139,8 @@ class PolicyDriver:
             estimate = self.tracker.current.copy()
         batch = prepare_batch(observation_batch(observation, self.inputs, estimate), self.preprocessor, self.device)
         config = self.policy.config
-        noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise).to(self.device)
+        noise = self.noise_scale * torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise)
+        noise = noise.to(self.device)
         return predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
 
     def act(self, observation: dict) -> np.ndarray:

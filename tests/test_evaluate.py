@@ -28,7 +28,7 @@ from train_runs import ROOT, env, make_run_dir, run_dir, train  # noqa: F401  (r
 
 import evaluate_smolvla_sim as ev
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY
-from evaluation.drivers import ActionChunkSchedule, ExpertDriver
+from evaluation.drivers import ActionChunkSchedule, ExpertDriver, PolicyDriver
 from evaluation.offline import recorded_episode_paths
 from evaluation.policy_io import load_policy, observation_batch, policy_inputs
 from evaluation.report import Z_95, summarize, summary_lines, wilson_interval, write_report
@@ -206,6 +206,34 @@ def test_temporal_ensembling_closed_loop_with_the_tiny_policy(run_dir, tmp_path,
     with pytest.raises(SystemExit):
         ev.parse_args(["--expert", "--temporal_ensemble_coeff", "0.01"])
     assert "--temporal_ensemble_coeff needs --policy in closed loop" in capsys.readouterr().err
+
+
+def test_noise_scale_zero_predicts_one_chunk_per_observation(sim_env, exported, run_dir, tmp_path, capsys):
+    """--noise_scale 0: the flow starts from zero noise, so two predictions from one observation are the same chunk,
+    whatever the noise generator's state; at the default 1 they differ (the control). Negative scales are refused;
+    the report and the console say the scale."""
+    observation, _ = sim_env.reset(seed=3)
+    inputs = policy_inputs(exported.policy, exported.train_cfg["dataset"])
+    chunks = {}
+    for scale in (0.0, 1.0):
+        driver = PolicyDriver(exported.policy, exported.preprocessor, exported.postprocessor, inputs,
+                              noise_scale=scale)
+        driver.reset(sim_env, seed=3)
+        driver.observe(observation)
+        chunks[scale] = [driver.predict_chunk(observation) for _ in range(2)]
+    np.testing.assert_array_equal(*chunks[0.0])
+    assert np.abs(chunks[1.0][0] - chunks[1.0][1]).max() > 1e-3
+    for bad in (-0.5, math.nan):
+        with pytest.raises(UserError, match="--noise_scale must be a finite number >= 0"):
+            PolicyDriver(exported.policy, exported.preprocessor, exported.postprocessor, inputs, noise_scale=bad)
+
+    stdout = evaluate_in_process(capsys, "--policy", run_dir / "out" / "checkpoints" / "final_hf", "--episodes", 1,
+                                 "--videos", 0, "--max_episode_seconds", 0.5, "--device", "cpu", "--noise_scale", 0,
+                                 "--output_dir", tmp_path / "eval")
+    assert "noise x0" in stdout and read_report(tmp_path / "eval")[0]["settings"]["noise_scale"] == 0
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--expert", "--noise_scale", "0"])
+    assert "--noise_scale needs --policy in closed loop" in capsys.readouterr().err
 
 
 def test_policy_sees_what_training_reads_from_a_recorded_episode(sim_env, exported, tmp_path):
