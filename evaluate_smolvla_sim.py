@@ -179,7 +179,7 @@ def main(argv=None):
     label = "scripted expert" if args.expert else str(args.policy)
     acting = (f"{driver.n_action_steps} actions per prediction" if args.temporal_ensemble_coeff is None else
               f"a prediction every {driver.n_action_steps} steps, ensembled (M = {args.temporal_ensemble_coeff})")
-    if loaded and args.noise_scale != 1.0:
+    if args.noise_scale != 1.0:
         acting += f", noise x{args.noise_scale:g}"
     print(f"Evaluated {label} on {len(seeds)} episodes: seeds episode_seed({args.seed}, 0..{len(seeds) - 1}), "
           f"DR {'off' if dr is None else 'on'}, {width}x{height}, {acting}")

@@ -211,9 +211,12 @@ class EpisodeDataset(Dataset):
                 rows.append(row)
         except BadFrame as err:
             if not self.replace_bad_frames:
-                raise err.__cause__ from None
-            self.estimate_bad_from[len(self.estimates)] = err.record
-            rows += [np.full(3, np.nan, np.float32)] * (ep.length - len(rows))
+                raise err.__cause__ or err from None
+            k = len(rows)
+            self.estimate_bad_from[len(self.estimates)] = {
+                **err.record, "problem": f"{err.record['problem']} (the placement estimate of frames {k}..{ep.length - 1} "
+                                         "needs it: those samples are replaced)"}
+            rows += [np.full(3, np.nan, np.float32)] * (ep.length - k)  # dx, dy, yaw
         return np.stack(rows)
 
     def _sample(self, index: int, decode_images: bool) -> dict:
@@ -231,6 +234,9 @@ class EpisodeDataset(Dataset):
             if not finite.all():
                 frame = frames[np.argmin(finite)]
                 raise BadFrame(path, "", frame, f"{name} has NaN/Inf at frame {frame}.")
+        bad = self.estimate_bad_from.get(pos)
+        if bad is not None and t >= bad["frame"]:  # the estimate at t needs that frame
+            raise BadFrame(path, bad["camera"], bad["frame"], bad["problem"])
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augmentation else None
 
         sample = {}
@@ -241,14 +247,8 @@ class EpisodeDataset(Dataset):
                     img = augment_image(img, self.augmentation, rng)
                 image = self.image_tensor(img)
             else:
-                try:
-                    image = torch.from_numpy(ep.read_frame(camera, t))
-                except EpisodeFormatError as err:
-                    raise BadFrame(path, camera, t, _problem(err, path)) from err
+                image = torch.from_numpy(read_frame(ep, camera, t))
             sample[f"observation.images.{name}"] = image
-        bad = self.estimate_bad_from.get(pos)
-        if bad is not None and t >= bad["frame"]:  # the estimate at t needs that frame
-            raise BadFrame(path, bad["camera"], bad["frame"], bad["problem"])
         sample["observation.state"] = torch.from_numpy(np.concatenate([ep.state[t], self.estimates[pos][t]]))
         sample["action"] = torch.from_numpy(ep.action[rows])
         sample["action_is_pad"] = torch.from_numpy(steps >= ep.length)
@@ -279,8 +279,17 @@ def bad_frames_of(batch: dict) -> list[dict]:
 
 def read_image(ep, camera: str, t: int) -> np.ndarray:
     """Frame t of a camera, decoded; BadFrame when it cannot be."""
+    return _frame(ep.read_image, ep, camera, t)
+
+
+def read_frame(ep, camera: str, t: int) -> np.ndarray:
+    """Frame t of a camera as stored (JPEG bytes); BadFrame when it cannot be read."""
+    return _frame(ep.read_frame, ep, camera, t)
+
+
+def _frame(read, ep, camera: str, t: int) -> np.ndarray:
     try:
-        return ep.read_image(camera, t)
+        return read(camera, t)
     except EpisodeFormatError as err:
         raise BadFrame(ep.path, camera, t, _problem(err, ep.path)) from err
 

@@ -159,14 +159,16 @@ class NearTarget:
 
     @classmethod
     def load(cls, vlm_dir) -> "NearTarget":
-        """The near-target localizer of vlm_dir, refused unless its weights were fitted to the localizer there."""
+        """The near-target localizer of vlm_dir; refused beside another localizer than the one its weights were fitted
+        to (recorded in its metadata since the digest was added)."""
         localizer = load_localizer(vlm_dir, NEAR_LOCALIZER_FILE)
         m = localizer.metadata
-        first = Path(vlm_dir) / LOCALIZER_FILE
-        if m.get("fused_with", file_digest(first)) != file_digest(first):  # files from before the digest: unchecked
-            raise UserError(f"dataset.near_target_estimate: {Path(vlm_dir) / NEAR_LOCALIZER_FILE} was fitted to "
-                            f"another {first} than the one there now (its fusion weights weigh that one's errors). "
-                            f"Write both again with `python -m insertion_vla.vision_pretrain {vlm_dir} --near_poses "
+        first, fused_with = Path(vlm_dir) / LOCALIZER_FILE, m.get("fused_with")  # none in files from before it
+        if fused_with is not None and fused_with != file_digest(first):
+            raise UserError(f"dataset.placement_estimate={vlm_dir}: {NEAR_LOCALIZER_FILE} was fitted to another "
+                            f"{LOCALIZER_FILE} than the one there now (its fusion weights weigh that one's errors). "
+                            f"Put back the {NEAR_LOCALIZER_FILE} written together with this {LOCALIZER_FILE}, or "
+                            f"write both again with `python -m insertion_vla.vision_pretrain {vlm_dir} --near_poses "
                             "6000` and the settings of its pretraining.json (which also pretrains the image path "
                             "again: a policy trained on this folder then no longer fits it), or set "
                             "dataset.near_target_estimate: false.")

@@ -11,7 +11,16 @@ from sim.expert import DampedLeastSquaresIK
 from sim.kinematics import JOINT_LIMITS, matrix_from_euler_xyz
 from sim.randomization import DomainRandomization, PhantomPlacement
 from sim.safety import EyeGeometry, penetration_outside_trocar
-from sim.scene import CAMERA_NAMES, HOME_QPOS_DEG, MATERIALS, TEXTURED_MATERIALS, TIP_SITE, along_and_across, trocar_in_world
+from sim.scene import (
+    CAMERA_NAMES,
+    HOME_QPOS_DEG,
+    INSERTION_DEPTH,
+    MATERIALS,
+    TEXTURED_MATERIALS,
+    TIP_SITE,
+    along_and_across,
+    trocar_in_world,
+)
 
 WIDTH, HEIGHT = 64, 48
 
@@ -211,7 +220,7 @@ def test_along_and_across_the_trocar_axis_of_the_depth_target_and_of_a_point_bes
     entry on the axis; a point 2 mm beside the entry and 3 mm before it is 3 mm before, 2 mm across."""
     env.reset(seed=1)
     entry, target, axis = env.trocar_target()
-    assert np.allclose(along_and_across(target, entry, axis), (27.5, 0.0), atol=1e-3)  # the sites: float32
+    assert np.allclose(along_and_across(target, entry, axis), (INSERTION_DEPTH * 1000, 0.0), atol=1e-3)  # float32 sites
     side = np.cross(axis, [1.0, 0.0, 0.0])
     side /= np.linalg.norm(side)
     assert np.allclose(along_and_across(entry + 0.002 * side - 0.003 * axis, entry, axis), (-3.0, 2.0), atol=1e-9)
