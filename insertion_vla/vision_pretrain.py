@@ -35,6 +35,7 @@ across the needle from 6000 poses).
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ from sim.env import NeedleInsertionEnv
 from sim.expert import DampedLeastSquaresIK
 from sim.kinematics import matrix_from_rotvec
 from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
-from sim.render_workers import RenderWorkerDied, render_in_workers
+from sim.render_workers import DEFAULT_RESTARTS, RenderWorkerDied, render_in_workers
 from sim.scene import CAMERA_NAMES, TIP_SITE
 from sim.seeding import episode_seed
 
@@ -156,11 +157,23 @@ def render_near_pose(task: tuple[int, int, RenderSettings]) -> NearPose:
 
 def render_near_poses(count: int, settings: RenderSettings, base_seed: int, workers: int) -> list[NearPose]:
     tasks = [(base_seed, index, settings) for index in range(count)]
+    return rendered(render_near_pose, tasks, workers, "near-target poses", "render near target", "pose")
+
+
+def rendered(fn, tasks: list, workers: int, what: str, desc: str, unit: str) -> list:
+    """fn(task) for every task, in order, in `workers` processes with a progress bar; a worker that dies is replaced
+    (sim.render_workers.DEFAULT_RESTARTS times) before the rendering stops with an error."""
+
+    def restarting(unfinished: int) -> None:
+        tqdm.write(f"warning: a worker process died (it crashed or was killed) while rendering the {what}; its pool's "
+                   f"{unfinished} unfinished ones are rendered by new workers", file=sys.stderr)
+
     try:
-        return list(tqdm(render_in_workers(render_near_pose, tasks, workers, ordered=True), total=count,
-                         desc="render near target", unit="pose", dynamic_ncols=True, leave=False))
+        return list(tqdm(render_in_workers(fn, tasks, workers, ordered=True, restarts=DEFAULT_RESTARTS,
+                                           on_restart=restarting),
+                         total=len(tasks), desc=desc, unit=unit, dynamic_ncols=True, leave=False))
     except RenderWorkerDied as err:
-        raise UserError(f"{err} while rendering the {count} near-target poses; re-run the same command") from None
+        raise UserError(f"{err} while rendering the {len(tasks)} {what}; re-run the same command") from None
     finally:
         close_render_env()
 
@@ -176,14 +189,7 @@ def render_placements(count: int, settings: RenderSettings, *, base_seed: int = 
                       workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame 0 of `count` placements -> images (count, cameras, 3, side, side) uint8, offsets (count, 3)."""
     tasks = [(base_seed, index, settings) for index in range(count)]
-    try:
-        rendered = list(tqdm(render_in_workers(render_placement, tasks, workers, ordered=True), total=count,
-                             desc="render", unit="placement", dynamic_ncols=True, leave=False))
-    except RenderWorkerDied as err:
-        raise UserError(f"{err} while rendering the {count} placements; re-run the same command") from None
-    finally:
-        close_render_env()
-    images, offsets = zip(*rendered)
+    images, offsets = zip(*rendered(render_placement, tasks, workers, "placements", "render", "placement"))
     return torch.from_numpy(np.stack(images)), torch.tensor(offsets, dtype=torch.float32)
 
 

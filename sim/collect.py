@@ -51,7 +51,7 @@ from sim.randomization import (
     randomization_from_args,
 )
 from sim.recorder import EpisodeRecorder
-from sim.render_workers import RenderWorkerDied, render_in_workers
+from sim.render_workers import DEFAULT_RESTARTS, RenderWorkerDied, render_in_workers
 from sim.scene import CAMERA_NAMES
 from sim.seeding import MAX_ATTEMPTS, episode_seed
 
@@ -234,7 +234,8 @@ def check_existing(path: Path, settings: CollectionSettings) -> None:
         )
 
 
-def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> list[EpisodeOutcome]:
+def collect(settings: CollectionSettings, episodes: int, workers: int = 1,
+            worker_restarts: int = DEFAULT_RESTARTS) -> list[EpisodeOutcome]:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(settings.out_dir)
     existing = [i for i in range(episodes) if episode_path(settings.out_dir, i).exists()]
@@ -244,8 +245,14 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1) -> li
 
     outcomes = []
     progress = tqdm(total=episodes, initial=len(existing), desc="episodes", unit="ep", dynamic_ncols=True)
+
+    def restarting(unfinished: int) -> None:
+        tqdm.write(f"warning: a worker process died (it crashed or was killed); its pool's {unfinished} unfinished "
+                   f"episodes are recorded by new workers (--worker_restarts {worker_restarts} in all)", file=sys.stderr)
+
     try:
-        for outcome in render_in_workers(_collect_in_worker, [(i, settings) for i in todo], workers, ordered=False):
+        for outcome in render_in_workers(_collect_in_worker, [(i, settings) for i in todo], workers, ordered=False,
+                                         restarts=worker_restarts, on_restart=restarting):
             outcomes.append(outcome)
             progress.update(1)
             progress.set_postfix(failed_attempts=sum(o.attempts - o.saved for o in outcomes))
@@ -281,6 +288,9 @@ def parse_args(
     parser.add_argument("--out", type=Path, required=True, help="output directory (created; re-runs skip existing)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; episode i uses episode_seed(seed, i, attempt)")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument("--worker_restarts", type=int, default=DEFAULT_RESTARTS,
+                        help="times a worker that dies (a crash in the renderer, the OOM killer) is replaced, its "
+                             "unfinished episodes recorded anew, before the collection stops with an error")
     parser.add_argument("--width", type=_pixels, default=640, help="image width, pixels")
     parser.add_argument("--height", type=_pixels, default=480, help="image height, pixels")
     parser.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY, help="JPEG quality of the stored frames (1-100)")
@@ -312,6 +322,8 @@ def parse_args(
         parser.error(f"--episodes must be >= 1, got {args.episodes}: ask for the episodes wanted, e.g. --episodes 10")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.worker_restarts < 0:
+        parser.error(f"--worker_restarts must be >= 0 (0: stop at the first dead worker), got {args.worker_restarts}")
     if not 1 <= args.max_attempts <= MAX_ATTEMPTS:
         parser.error(f"--max_attempts must be in [1, {MAX_ATTEMPTS}], got {args.max_attempts}")
     if not 1 <= args.jpeg_quality <= 100:
@@ -380,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot create the output directory {args.out}: {err.strerror}. Give --out a writable "
               "directory path.", file=sys.stderr)
         return 1
-    outcomes = collect(settings, args.episodes, args.workers)
+    outcomes = collect(settings, args.episodes, args.workers, args.worker_restarts)
     saved = sum(o.saved for o in outcomes)
     attempts = sum(o.attempts for o in outcomes)
     failed = attempts - saved

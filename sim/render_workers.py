@@ -1,7 +1,9 @@
 """Rendering work spread over processes (sim.collect's episodes, vision_pretrain's placements).
 
-A worker that dies (a crash in the renderer, the out-of-memory killer) ends the work with RenderWorkerDied:
-multiprocessing.Pool would start a new worker and wait forever for the lost task's result.
+A worker that dies (a crash in the renderer, the out-of-memory killer) breaks the pool: the tasks without a result
+go to new workers, up to `restarts` times (a segfault in libc, in a worker, stopped three of the learning
+benchmark's collections of 160-320 episodes), and then the work ends with RenderWorkerDied. multiprocessing.Pool would instead
+start a new worker and wait forever for the lost task's result.
 """
 
 import multiprocessing
@@ -9,6 +11,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+
+DEFAULT_RESTARTS = 2  # new pools after a worker's death, before the work is given up
 
 
 class RenderWorkerDied(RuntimeError):
@@ -21,22 +25,42 @@ def single_render_thread() -> None:
     os.environ.setdefault("LP_NUM_THREADS", "1")
 
 
-def render_in_workers(fn: Callable, tasks: Iterable, workers: int, *, ordered: bool) -> Iterator:
+def render_in_workers(fn: Callable, tasks: Iterable, workers: int, *, ordered: bool, restarts: int = 0,
+                      on_restart: Callable[[int], None] | None = None) -> Iterator:
     """fn(task) for every task, in `workers` spawned processes (in this one when workers <= 1), results in task
-    order if `ordered`, else as they finish."""
+    order if `ordered`, else as they finish. When a worker dies, on_restart(the number of tasks without a result)
+    is called and those tasks go to new workers, up to `restarts` times; the next death raises RenderWorkerDied."""
+    if restarts < 0:
+        raise ValueError(f"restarts must be >= 0, got {restarts}")
     tasks = list(tasks)
     if workers <= 1 or len(tasks) <= 1:
         yield from map(fn, tasks)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=single_render_thread) as pool:
-        futures = []
+    pending = list(range(len(tasks)))
+    for restart in range(restarts + 1):
+        finished = set()
         try:
-            futures = [pool.submit(fn, task) for task in tasks]
-            for future in futures if ordered else as_completed(futures):
-                yield future.result()
+            for index, result in _in_pool(fn, tasks, pending, workers, ordered):
+                finished.add(index)
+                yield result
+            return
         except BrokenProcessPool as err:
-            raise RenderWorkerDied("a worker process died (it crashed or was killed)") from err
+            pending = [index for index in pending if index not in finished]
+            if restart == restarts:
+                raise RenderWorkerDied("a worker process died (it crashed or was killed)") from err
+            if on_restart is not None:
+                on_restart(len(pending))
+
+
+def _in_pool(fn: Callable, tasks: list, indices: list, workers: int, ordered: bool) -> Iterator[tuple]:
+    """(index, fn(tasks[index])) for the given indices, from one pool; BrokenProcessPool when a worker dies."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context, initializer=single_render_thread) as pool:
+        futures = {}
+        try:
+            futures = {pool.submit(fn, tasks[index]): index for index in indices}
+            for future in futures if ordered else as_completed(futures):
+                yield futures[future], future.result()
         finally:
             for future in futures:  # on an error or an early stop: nothing new starts, the running ones end
                 future.cancel()

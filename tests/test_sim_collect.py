@@ -1,6 +1,7 @@
 """`python -m sim.collect` and `python -m sim.replay` end to end, at 64x48: the file format, re-runs,
 reproducibility from the seed, no partial file after SIGKILL."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -296,12 +297,12 @@ def cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
-def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_completes(tmp_path):
-    """A renderer crash killed a worker of a 160-episode collection, and multiprocessing.Pool waited forever for its
-    episode: the collector must stop, say what was lost, and keep what was saved."""
+def kill_a_worker_of(tmp_path, *flags: str) -> tuple[int, str]:
+    """A 4-episode collection with 2 workers, one of them SIGKILLed once the first episode is saved (as a renderer
+    crash kills one): (exit status, stderr). Fails on a hang."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sim.collect", "--episodes", "4", "--out", str(tmp_path), "--seed", "3", "--workers",
-         "2", *SMALL], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "2", *SMALL, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_while_running(process, lambda: any(tmp_path.glob("episode_*.h5")))
     children = psutil.Process(process.pid).children(recursive=True)
@@ -309,14 +310,32 @@ def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_comp
         workers = [child for child in children if "spawn_main" in " ".join(cmdline(child))]
         assert len(workers) == 2, "the collector runs no worker processes"
         workers[0].send_signal(signal.SIGKILL)
-        _, stderr = process.communicate(timeout=120)  # a hang fails here
-    finally:  # nothing left running, whatever happened
+        _, stderr = process.communicate(timeout=180)  # a hang fails here
+    finally:  # nothing left running, whatever happened: the collector, its first workers and any new ones
         if process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                children += psutil.Process(process.pid).children(recursive=True)
             process.kill()
         for child in children:
             if child.is_running():
                 child.kill()
-    assert process.returncode == 1
+    return process.returncode, stderr
+
+
+def test_a_worker_that_dies_is_replaced_and_the_collection_completes(tmp_path):
+    """A renderer crash (a segfault in libc) killed a worker of three 160-320-episode collections: new workers record
+    the episodes it left, and the collection completes."""
+    returncode, stderr = kill_a_worker_of(tmp_path)
+    assert returncode == 0, stderr[-3000:]
+    assert "warning: a worker process died (it crashed or was killed); its pool's" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"episode_{i:06d}.h5" for i in range(4)]
+
+
+def test_a_worker_that_dies_past_the_restarts_ends_the_collection_with_an_error_and_the_rerun_completes(tmp_path):
+    """With no restart left (--worker_restarts 0) the collector stops, says what was lost, and keeps what was saved
+    (multiprocessing.Pool used to wait forever for the dead worker's episode)."""
+    returncode, stderr = kill_a_worker_of(tmp_path, "--worker_restarts", "0")
+    assert returncode == 1
     assert "error: a worker process died (it crashed or was killed) while recording episodes of" in stderr
     assert "Re-run the same command to record the missing ones." in stderr
     saved = sorted(tmp_path.glob("episode_*.h5"))
@@ -325,6 +344,7 @@ def test_a_worker_that_dies_ends_the_collection_with_an_error_and_the_rerun_comp
     assert result.returncode == 0, result.stderr
     assert f"({len(saved)} already there)" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"episode_{i:06d}.h5" for i in range(4)]
+    assert "--worker_restarts must be >= 0" in collect(tmp_path, 4, 3, "--worker_restarts", "-1").stderr
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):
