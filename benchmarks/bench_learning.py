@@ -106,7 +106,8 @@ TIERS = {
     # (worst 8.7 -> 4.6), about the estimate's own error on these demonstrations (2.15 mm in the plane).
     # Refined near the trocar (NEAR_TARGET, dataset.near_target_estimate; 1.10 mm in the plane held out): final tip
     # error 2.08 -> 1.44 mm (worst 4.6 -> 2.8), 3/20 -> 2/20, 17/20 -> 18/20 unsafe; at the entry the tip is still
-    # 1.43 mm off the trocar axis, the cannula 0.8 mm wide (benchmarks/probe_entry_crossing.py).
+    # 1.43 mm off the trocar axis, the cannula 0.8 mm wide (benchmarks/probe_entry_crossing.py). Re-measured with the
+    # estimate updated at every frame in closed loop, as in training (PolicyDriver.observe): 3/20 at 1.75 mm.
     "narrow": Tier(placement={"phantom_x_range": 0.01, "phantom_y_min": -0.01, "phantom_y_max": 0.01,
                               "phantom_yaw_range_deg": 5},
                    episodes=320, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision",
