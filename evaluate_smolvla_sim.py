@@ -29,8 +29,9 @@ with base seed B uses episode_seed(B, i, attempt); the map is one-to-one, so eva
 any collection with another base seed. The collector's default is 0; when the policy's training episodes can be
 found (the run's config names them), the evaluator reads their `base_seed` attributes and refuses an S among them.
 
-The env renders only the observations the policy is fed (every K steps; the expert needs none): rendering is
-most of a step's cost and does not change the physics.
+The env renders only the observations the policy is fed (every K steps, and every step while a placement estimate
+is refined near the trocar; the expert needs none): rendering is most of a step's cost and does not change the
+physics.
 
 Outputs (--output_dir): report.json (settings, summary, every episode), episodes.csv (a row per episode),
 videos/ (the three cameras side by side for the first --videos episodes, MP4, rendered by a renderer of their own
