@@ -35,7 +35,6 @@ across the needle from 6000 poses).
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ from sim.env import NeedleInsertionEnv
 from sim.expert import DampedLeastSquaresIK
 from sim.kinematics import matrix_from_rotvec
 from sim.randomization import DomainRandomization, PhantomPlacement, add_randomization_args, randomization_from_args
-from sim.render_workers import DEFAULT_RESTARTS, RenderWorkerDied, render_in_workers
+from sim.render_workers import DEFAULT_RESTARTS, RenderWorkerDied, render_in_workers, warn_on_restart
 from sim.scene import CAMERA_NAMES, TIP_SITE
 from sim.seeding import episode_seed
 
@@ -163,14 +162,9 @@ def render_near_poses(count: int, settings: RenderSettings, base_seed: int, work
 def rendered(fn, tasks: list, workers: int, what: str, desc: str, unit: str) -> list:
     """fn(task) for every task, in order, in `workers` processes with a progress bar; a worker that dies is replaced
     (sim.render_workers.DEFAULT_RESTARTS times) before the rendering stops with an error."""
-
-    def restarting(unfinished: int) -> None:
-        tqdm.write(f"warning: a worker process died (it crashed or was killed) while rendering the {what}; its pool's "
-                   f"{unfinished} unfinished ones are rendered by new workers", file=sys.stderr)
-
     try:
         return list(tqdm(render_in_workers(fn, tasks, workers, ordered=True, restarts=DEFAULT_RESTARTS,
-                                           on_restart=restarting),
+                                           on_restart=warn_on_restart(what)),
                          total=len(tasks), desc=desc, unit=unit, dynamic_ncols=True, leave=False))
     except RenderWorkerDied as err:
         raise UserError(f"{err} while rendering the {len(tasks)} {what}; re-run the same command") from None

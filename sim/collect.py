@@ -51,7 +51,7 @@ from sim.randomization import (
     randomization_from_args,
 )
 from sim.recorder import EpisodeRecorder
-from sim.render_workers import DEFAULT_RESTARTS, RenderWorkerDied, render_in_workers
+from sim.render_workers import DEFAULT_RESTARTS, RenderWorkerDied, render_in_workers, warn_on_restart
 from sim.scene import CAMERA_NAMES
 from sim.seeding import MAX_ATTEMPTS, episode_seed
 
@@ -245,11 +245,7 @@ def collect(settings: CollectionSettings, episodes: int, workers: int = 1,
 
     outcomes = []
     progress = tqdm(total=episodes, initial=len(existing), desc="episodes", unit="ep", dynamic_ncols=True)
-
-    def restarting(unfinished: int) -> None:
-        tqdm.write(f"warning: a worker process died (it crashed or was killed); its pool's {unfinished} unfinished "
-                   f"episodes are recorded by new workers (--worker_restarts {worker_restarts} in all)", file=sys.stderr)
-
+    restarting = warn_on_restart("episodes", f" (--worker_restarts {worker_restarts} in all)")
     try:
         for outcome in render_in_workers(_collect_in_worker, [(i, settings) for i in todo], workers, ordered=False,
                                          restarts=worker_restarts, on_restart=restarting):

@@ -2,21 +2,33 @@
 
 A worker that dies (a crash in the renderer, the out-of-memory killer) breaks the pool: the tasks without a result
 go to new workers, up to `restarts` times (a segfault in libc, in a worker, stopped three of the learning
-benchmark's collections of 160-320 episodes), and then the work ends with RenderWorkerDied. multiprocessing.Pool would instead
-start a new worker and wait forever for the lost task's result.
+benchmark's collections of 160-320 episodes), and then the work ends with RenderWorkerDied. multiprocessing.Pool
+would instead start a new worker and wait forever for the lost task's result.
 """
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+
+from tqdm import tqdm
 
 DEFAULT_RESTARTS = 2  # new pools after a worker's death, before the work is given up
 
 
 class RenderWorkerDied(RuntimeError):
     """A worker process ended without returning its result; the results yielded before it are good."""
+
+
+def warn_on_restart(things: str, detail: str = "") -> Callable[[int], None]:
+    """An on_restart for render_in_workers that says so on stderr, above any progress bar."""
+
+    def warn(unfinished: int) -> None:
+        tqdm.write(f"warning: a worker process died (it crashed or was killed); its pool's {unfinished} unfinished "
+                   f"{things} go to new workers{detail}", file=sys.stderr)
+    return warn
 
 
 def single_render_thread() -> None:
