@@ -4,11 +4,17 @@ A worker that dies (a crash in the renderer, the out-of-memory killer) breaks th
 go to new workers, up to `restarts` times (a segfault in libc, in a worker, stopped three of the learning
 benchmark's collections of 160-320 episodes), and then the work ends with RenderWorkerDied. multiprocessing.Pool
 would instead start a new worker and wait forever for the lost task's result.
+
+A worker whose parent is gone (SIGTERM or SIGKILL to the collector, which cannot clean up after itself then) exits
+within a second: before, the workers of a collector stopped with SIGTERM recorded further episodes and then spun for
+over an hour.
 """
 
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -31,10 +37,22 @@ def warn_on_restart(things: str, detail: str = "") -> Callable[[int], None]:
     return warn
 
 
-def single_render_thread() -> None:
+ORPHAN_CHECK_SECONDS = 0.5
+
+
+def start_worker() -> None:
+    """Each worker's initializer (module level: spawn pickles it)."""
     # llvmpipe renders with one thread per core by default; with one process per core, one each is faster.
-    # A module-level function: spawn pickles the initializer, and os.environ's bound methods do not pickle.
     os.environ.setdefault("LP_NUM_THREADS", "1")
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    # The parent's death reparents this process; os._exit, as the task may be mid-way (a collector's episode is
+    # written to a temporary file and renamed, and its next run removes the temporary).
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
 
 
 def render_in_workers(fn: Callable, tasks: Iterable, workers: int, *, ordered: bool, restarts: int = 0,
@@ -67,7 +85,7 @@ def render_in_workers(fn: Callable, tasks: Iterable, workers: int, *, ordered: b
 def _in_pool(fn: Callable, tasks: list, indices: list, workers: int, ordered: bool) -> Iterator[tuple]:
     """(index, fn(tasks[index])) for the given indices, from one pool; BrokenProcessPool when a worker dies."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context, initializer=single_render_thread) as pool:
+    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context, initializer=start_worker) as pool:
         futures = {}
         try:
             futures = {pool.submit(fn, tasks[index]): index for index in indices}

@@ -347,6 +347,34 @@ def test_a_worker_that_dies_past_the_restarts_ends_the_collection_with_an_error_
     assert "--worker_restarts must be >= 0" in collect(tmp_path, 4, 3, "--worker_restarts", "-1").stderr
 
 
+def test_the_workers_of_a_collector_stopped_with_sigterm_exit_and_the_rerun_completes(tmp_path):
+    """SIGTERM (pkill, a job scheduler) ends the collector at once, with no clean-up: its workers used to go on
+    recording episodes and then spin for over an hour."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sim.collect", "--episodes", "6", "--out", str(tmp_path), "--seed", "3", "--workers",
+         "2", *SMALL], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_while_running(process, lambda: any(tmp_path.glob("episode_*.h5")))
+    workers = [child for child in psutil.Process(process.pid).children(recursive=True)
+               if "spawn_main" in " ".join(cmdline(child))]
+    try:
+        assert len(workers) == 2, "the collector runs no worker processes"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers {[p.pid for p in alive]} outlived their collector"
+    finally:
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
+    saved = len(list(tmp_path.glob("episode_*.h5")))
+    assert saved < 6  # stopped mid-way: the re-run has episodes to record
+    result = collect(tmp_path, 6, 3, "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert f"({saved} already there)" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"episode_{i:06d}.h5" for i in range(6)]
+
+
 def test_a_failed_write_leaves_no_file(tmp_path):
     recorder = EpisodeRecorder(CAMERA_NAMES, jpeg_quality=90)
     image = np.zeros((8, 8, 3), np.uint8)
