@@ -36,7 +36,9 @@ def main():
 
     start = time.perf_counter()
     estimator = estimator_from_config(dataset_cfg)
-    if estimator is not None:
+    if dataset_cfg["true_placement"]:
+        print(f"  the state ends with the simulator's true placement ({', '.join(ESTIMATE_NAMES)}), as training appends it")
+    elif estimator is not None:
         refined = ", refined near the trocar" if estimator.near else ""
         print(f"  the state ends with the placement estimate of {dataset_cfg['placement_estimate']} "
               f"({', '.join(ESTIMATE_NAMES)}{refined}), as training appends it")
@@ -48,6 +50,7 @@ def main():
         "state_keys": list(keys.state_keys), "action_key": keys.action_key,
         "placement_estimate": dataset_cfg["placement_estimate"],
         "near_target_estimate": dataset_cfg["near_target_estimate"],
+        "true_placement": dataset_cfg["true_placement"],
     }
     save_stats(stats, args.output, source)
     for feature, s in stats.items():

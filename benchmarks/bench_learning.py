@@ -1,7 +1,8 @@
 """Does it learn? collect -> stats -> train -> closed loop, one command per task tier, on CPU with the tiny VLM.
 
     python -m benchmarks.bench_learning --tier fixed|narrow|full [--out DIR] [--eval_seed S] [--eval_episodes N]
-           [--episodes E] [--steps K] [--workers W] [any train_smolvla_sim.py override, e.g. --policy.n_action_steps=5]
+           [--episodes E] [--steps K] [--workers W] [--true_placement]
+           [any train_smolvla_sim.py override, e.g. --policy.n_action_steps=5]
 
 Every phase is the toolkit's own command line (sim.collect, insertion_vla.tiny_vlm, insertion_vla.vision_pretrain,
 compute_dataset_stats.py, train_smolvla_sim.py, evaluate_smolvla_sim.py), run as a user would run it; this file
@@ -18,6 +19,9 @@ VLM in OUT/tiny_vlm (pretrained or not) when the same commands made it (OUT/tiny
 Evaluation runs on held-out seeds (--eval_seed, never the collection's) with the tier's placement range, its
 chunks ensembled (--temporal_ensemble_coeff, --n_action_steps: see their help).
 
+With --true_placement the state holds the simulator's true placement instead of the localizer's estimate
+(dataset.true_placement): the error left is the policy's own, what a perfect localizer would allow.
+
 Writes OUT/summary.json and OUT/learning_curve.png (training loss and the closed-loop success rate of the
 evaluations during training, chunks executed as in the final one, against the step) and prints, last, the
 evaluator's `Success rate:` line.
@@ -29,7 +33,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -57,6 +61,7 @@ class Tier:
     pretrain_vision: dict | None = None  # python -m insertion_vla.vision_pretrain flags; None: the VLM stays random
     placement_estimate: bool = False  # the pretrained localizer's estimate in the state (dataset.placement_estimate)
     near_target_estimate: bool = False  # refined near the trocar (dataset.near_target_estimate; pretrain --near_poses)
+    true_placement: bool = False  # the simulator's true placement in the state instead (dataset.true_placement)
 
 
 # What every tier trains with: train_config_smolvla_demo.yaml (the tiny VLM at 64x64 on CPU) changed where the
@@ -120,6 +125,13 @@ TIERS = {
 }
 
 
+def with_true_placement(tier: Tier) -> Tier:
+    """The tier's demonstrations and steps with the simulator's true placement in the state, where the estimate
+    goes: no vision pretraining, the VLM random and frozen as on the fixed tier (the state tells the placement)."""
+    return replace(tier, train={}, vlm_preset="tiny", pretrain_vision=None, placement_estimate=False,
+                   near_target_estimate=False, true_placement=True)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tier", choices=sorted(TIERS), required=True, help="where the phantom stands (see above)")
@@ -136,6 +148,9 @@ def parse_args(argv=None):
     p.add_argument("--temporal_ensemble_coeff", type=ensemble_coeff, default=ENSEMBLE_COEFF, metavar="M|off",
                    help="final evaluation with ACT's temporal ensembling of overlapping chunks (evaluate_smolvla_sim.py's "
                         "flag); 'off': plain receding horizon (default: %(default)s)")
+    p.add_argument("--true_placement", action="store_true",
+                   help="the simulator's true placement in the state instead of the localizer's estimate "
+                        "(dataset.true_placement), no vision pretraining: the policy's own share of the error")
     p.add_argument("--eval_only", action="store_true",
                    help="only the final evaluation(s), of the policy already trained in OUT (e.g. another sweep)")
     args, overrides = p.parse_known_args(argv)
@@ -224,8 +239,9 @@ def plot_learning_curve(loss: list, evaluations: list, final: tuple[int, float],
 
 def main(argv=None):
     args, user_overrides = parse_args(argv)
-    tier = TIERS[args.tier]
-    out = (args.out or Path("outputs/bench_learning") / args.tier).resolve()
+    tier = with_true_placement(TIERS[args.tier]) if args.true_placement else TIERS[args.tier]
+    label = args.tier + (" with the true placement" if args.true_placement else "")
+    out = (args.out or Path("outputs/bench_learning") / label.replace(" with the ", "_").replace(" ", "_")).resolve()
     episodes, steps = args.episodes or tier.episodes, args.steps or tier.steps
     data, stats, vlm, run_dir = out / "data", out / "dataset_stats.yaml", out / "tiny_vlm", out / "train"
     timings = {}
@@ -233,7 +249,8 @@ def main(argv=None):
     config = ROOT / "train_config_smolvla_demo.yaml"
     data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}",
                       *([f"--dataset.placement_estimate={vlm}"] if tier.placement_estimate else []),
-                      *(["--dataset.near_target_estimate=true"] if tier.near_target_estimate else [])]
+                      *(["--dataset.near_target_estimate=true"] if tier.near_target_estimate else []),
+                      *(["--dataset.true_placement=true"] if tier.true_placement else [])]
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
@@ -274,7 +291,7 @@ def main(argv=None):
     summary = {
         "tier": args.tier, "placement": tier.placement, "episodes": episodes, "steps": steps, "vlm_preset": tier.vlm_preset,
         "pretrain_vision": tier.pretrain_vision, "placement_estimate": tier.placement_estimate,
-        "near_target_estimate": tier.near_target_estimate,
+        "near_target_estimate": tier.near_target_estimate, "true_placement": tier.true_placement,
         "collect_flags": collect_flags, "train_overrides": train_overrides, "eval_seed": args.eval_seed,
         "phase_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
         "loss_start": loss[0][1], "loss_end": loss[-1][1],
@@ -284,12 +301,12 @@ def main(argv=None):
     summary_name = "summary.json" if not args.eval_only else f"summary_{'_'.join(finals)}.json"
     atomic_write_text(out / summary_name, json.dumps(summary, indent=2))
     last_name, last = list(finals.items())[-1]
-    title = (f"tier {args.tier}: {episodes} demonstrations, {steps} steps; final {last['successes']}/{last['episodes']} "
+    title = (f"tier {label}: {episodes} demonstrations, {steps} steps; final {last['successes']}/{last['episodes']} "
              f"on seeds from {args.eval_seed} ({last_name})")
     plot_learning_curve(loss, evaluations, (steps, last["success_rate"]), title, out / "learning_curve.png")
 
     print("\n" + "=" * 100)
-    print(f"Learning benchmark, tier {args.tier}: {episodes} demonstrations, {steps} steps, "
+    print(f"Learning benchmark, tier {label}: {episodes} demonstrations, {steps} steps, "
           f"{last['episodes']} held-out closed-loop episodes")
     print("  phases   " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
           + f"; total {summary['total_seconds'] / 60:.1f} min")

@@ -31,12 +31,11 @@ from transformers import AutoConfig
 
 from benchmarks.measure import load_average, machine, print_table
 from episode_format.reader import EpisodeKeys, discover_episodes, open_episode
-from insertion_vla.localizer import Localizer, localizer_images
+from insertion_vla.localizer import Localizer, localizer_images, placement_offsets
 from insertion_vla.tiny_vlm import build_tiny_vlm
 from insertion_vla.vision_pretrain import (
     RenderSettings,
     image_side_problem,
-    placement_offsets,
     render_placements,
     train_localizer,
 )

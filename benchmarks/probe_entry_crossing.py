@@ -26,7 +26,7 @@ from benchmarks.measure import load_average, machine, print_table  # noqa: E402
 from evaluation.drivers import PolicyDriver  # noqa: E402
 from evaluation.policy_io import load_policy, policy_inputs  # noqa: E402
 from evaluation.rollout import EVAL_BASE_SEED, evaluation_seeds, make_env  # noqa: E402
-from insertion_vla.vision_pretrain import placement_offsets  # noqa: E402
+from insertion_vla.localizer import placement_offsets  # noqa: E402
 from sim.randomization import add_randomization_args, randomization_from_args  # noqa: E402
 from sim.scene import CANNULA_RADIUS, along_and_across  # noqa: E402
 

@@ -139,6 +139,10 @@ def check_layout(policy, dataset_cfg: dict, robot, jpeg_quality: int) -> PolicyI
             "(dataset.placement_estimate), a localizer trained on rendered frames of the simulated phantom: on the "
             "real robot its estimate means nothing, and the arm would go where it points. Deploy a policy trained "
             "without it (dataset.placement_estimate: null), or try this one on --robot sim.")
+    if dataset_cfg.get("true_placement"):
+        raise UserError("the policy's state ends with the simulator's true placement of the phantom "
+                        "(dataset.true_placement), which no robot can give it: such a policy measures what a perfect "
+                        "localizer would allow, in evaluate_smolvla_sim.py. Deploy a policy trained without it.")
     keys = keys_from_config(dataset_cfg)
     advice = ("name the cameras as the training episodes did: --cameras \"{" +
               ", ".join(f"{name}: DEVICE" for name in keys.cameras) + "}\"" if robot.name == "meca500" else

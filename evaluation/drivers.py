@@ -114,7 +114,8 @@ class PolicyDriver:
         self.schedule.reset()
         self.queries = 0
         self._noise.manual_seed(seed)  # the sampler's noise is a function of the episode: reruns are identical
-        self.tracker = self.inputs.estimator.tracker() if self.inputs.estimator is not None else None
+        estimator = self.inputs.estimator  # with dataset.true_placement its tracker reads the env's placement
+        self.tracker = estimator.tracker(env.scene_params if env is not None else None) if estimator is not None else None
 
     def needs_images(self) -> bool:
         """True when the next observation will be fed to the policy (a chunk is due), or to the placement estimate

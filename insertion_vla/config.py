@@ -78,6 +78,10 @@ SCHEMA = {
         "near_target_estimate": _field(False, help="with placement_estimate: refine the estimate near the trocar "
                                                    "from the tool camera with the folder's near-target localizer "
                                                    "(vision_pretrain --near_poses), frame by frame"),
+        "true_placement": _field(False, help="append the simulator's true placement (each episode's recorded "
+                                             "phantom_dx/dy/yaw; the env's in closed loop) where the estimate "
+                                             "goes: a perfect localizer, to measure the policy's own error. "
+                                             "Simulation only: no robot can be given it"),
         "task_instruction": _field(
             "Insert needle into eye trocar in simulation", str, NoneType,
             help="language instruction; null: each episode's `task` attribute",
@@ -316,6 +320,9 @@ def validate(cfg: dict):
         raise ConfigError("dataset.near_target_estimate refines the placement estimate, but dataset.placement_estimate "
                           "is null: set it to the VLM folder vision_pretrain wrote (with --near_poses), or set "
                           "dataset.near_target_estimate: false.")
+    if d["true_placement"] and d["placement_estimate"]:
+        raise ConfigError("dataset.true_placement and dataset.placement_estimate both put a placement in the state: "
+                          "set one of them (placement_estimate: null, or true_placement: false).")
     if not d["cameras"] or not all(isinstance(k, str) and isinstance(v, str) for k, v in d["cameras"].items()):
         raise ConfigError(f"dataset.cameras must map HDF5 camera names to lerobot names, got {d['cameras']!r}.")
     size = p["resize_imgs_with_padding"]

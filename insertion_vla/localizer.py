@@ -49,6 +49,13 @@ from sim.scene import along_and_across, trocar_in_world
 LOCALIZER_FILE = "localizer.safetensors"
 NEAR_LOCALIZER_FILE = "near_localizer.safetensors"  # the near-target localizer (vision_pretrain --near_poses)
 ESTIMATE_NAMES = ("phantom_dx_mm", "phantom_dy_mm", "phantom_yaw_deg")  # the values appended to the state
+OFFSET_KEYS = ("phantom_dx", "phantom_dy", "phantom_yaw")  # the simulator's scene_params, an episode's attributes
+OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # m, m, rad -> mm, mm, deg
+
+
+def placement_offsets(attrs: dict) -> list[float]:
+    """A placement's (dx, dy, yaw) in mm, mm, deg, from an episode's attributes or the env's scene_params."""
+    return [float(attrs[key]) * unit for key, unit in zip(OFFSET_KEYS, OFFSET_UNITS)]
 
 
 def localizer_images(frames: dict, cameras: tuple, side: int) -> np.ndarray:
@@ -206,7 +213,8 @@ class PlacementEstimator:
         self.first, self.near = first, near
         self.cameras = tuple(dict.fromkeys(first.cameras + (near.localizer.cameras if near else ())))
 
-    def tracker(self) -> "EpisodeEstimate":
+    def tracker(self, scene_params: dict | None = None) -> "EpisodeEstimate":
+        """One episode's estimate; scene_params (the simulator's, env.scene_params) is read only by TruePlacement."""
         return EpisodeEstimate(self)
 
     def episode_estimates(self, episode) -> np.ndarray:
@@ -254,8 +262,46 @@ class EpisodeEstimate:
         return self.current.copy()
 
 
-def estimator_from_config(dataset_cfg: dict) -> PlacementEstimator | None:
-    """The estimate the config appends to the state (dataset.placement_estimate, near_target_estimate), or None."""
+class TruePlacement:
+    """A perfect estimate (dataset.true_placement): the simulator's own placement where the localizer's estimate
+    would stand in the state, from each episode's recorded attributes in training and from the env's scene_params
+    in closed loop. No robot has it: it measures how much of the closed-loop error is the policy's own, with the
+    placement known exactly (benchmarks/bench_learning.py --true_placement)."""
+
+    cameras = ()
+    near = None
+
+    def tracker(self, scene_params: dict | None = None) -> "KnownPlacement":
+        return KnownPlacement(scene_params)
+
+    def episode_estimates(self, episode) -> np.ndarray:
+        return np.tile(np.asarray(placement_offsets(episode.attrs), np.float32), (episode.length, 1))
+
+    def frame_estimates(self, episode, read_image: Callable | None = None) -> Iterator[np.ndarray]:
+        yield from self.episode_estimates(episode)
+
+
+class KnownPlacement:
+    """TruePlacement's tracker: the episode's placement at every frame, its images unread."""
+
+    def __init__(self, scene_params: dict | None):
+        self.scene_params = scene_params
+        self.current = None
+
+    def update(self, ee_pose, frames: Callable[[tuple], dict]) -> np.ndarray:
+        if self.scene_params is None:
+            raise UserError("dataset.true_placement: the policy's state holds the simulator's true placement, but "
+                            "this driver was not given the simulator's scene (PolicyDriver.reset(env, seed)): run "
+                            "it in evaluate_smolvla_sim.py, or train without dataset.true_placement.")
+        self.current = np.asarray(placement_offsets(self.scene_params), np.float32)
+        return self.current.copy()
+
+
+def estimator_from_config(dataset_cfg: dict) -> PlacementEstimator | TruePlacement | None:
+    """The estimate the config appends to the state (dataset.placement_estimate, near_target_estimate, or
+    true_placement), or None."""
+    if dataset_cfg.get("true_placement"):
+        return TruePlacement()
     folder = dataset_cfg.get("placement_estimate")
     if not folder:
         return None

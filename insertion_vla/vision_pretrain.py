@@ -56,6 +56,7 @@ from insertion_vla.localizer import (
     as_pixels,
     file_digest,
     localizer_images,
+    placement_offsets,
 )
 from sim.env import NeedleInsertionEnv
 from sim.expert import DampedLeastSquaresIK
@@ -67,8 +68,6 @@ from sim.seeding import episode_seed
 
 RENDER_BASE_SEED = 9000  # sim.seeding base seed: not the tiers' collection (0), evaluation (1000), probe (5000)
 HELD_OUT_BASE_SEED = 9001
-OFFSET_KEYS = ("phantom_dx", "phantom_dy", "phantom_yaw")
-OFFSET_UNITS = (1000.0, 1000.0, np.degrees(1.0))  # m, m, rad -> mm, mm, deg
 NEAR_RENDER_BASE_SEED, NEAR_HELD_OUT_BASE_SEED = 9100, 9200
 # The near-target window: the tip this far before the entry along the trocar axis (the expert's stand-off is 20 mm),
 # moved up to ACROSS_MM across it per axis, the needle tilted up to TILT_DEG.
@@ -89,11 +88,6 @@ class RenderSettings:
     height: int = 96
     side: int = 64  # the policy's square image
     cameras: tuple[str, ...] = tuple(CAMERA_NAMES)
-
-
-def placement_offsets(attrs: dict) -> list[float]:
-    """A placement's (dx, dy, yaw) in mm, mm, deg, from an episode's attributes or the env's scene_params."""
-    return [float(attrs[key]) * unit for key, unit in zip(OFFSET_KEYS, OFFSET_UNITS)]
 
 
 _worker_env: tuple[RenderSettings, NeedleInsertionEnv] | None = None  # one env per process

@@ -28,7 +28,8 @@ from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults
 from insertion_vla.dataset import EpisodeDataset
 from insertion_vla.episodes import keys_from_config
-from insertion_vla.localizer import NearTarget, PlacementEstimator, load_localizer
+from insertion_vla.errors import UserError
+from insertion_vla.localizer import NearTarget, PlacementEstimator, TruePlacement, load_localizer
 from insertion_vla.policy import build_policy, predict_action_chunk, prepare_batch
 from insertion_vla.stats import compute_stats
 from sim.env import NeedleInsertionEnv
@@ -203,6 +204,48 @@ def test_training_and_the_evaluator_append_the_same_placement_estimate_at_every_
     plain = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), estimator=PlacementEstimator(first))
     for t in (0, len(plain) // 2, len(plain) - 1):
         np.testing.assert_array_equal(plain[t]["observation.state"].numpy()[6:], frame0)
+
+
+def test_with_the_true_placement_training_and_the_evaluator_append_the_episodes_placement(recording, tiny_vlm_dir):  # noqa: F811
+    """dataset.true_placement: every sample's state ends with the placement recorded in the episode's attributes
+    (mm, mm, deg), and the evaluator's PolicyDriver, reset with the env of the episode's seed, predicts from the
+    same values. Negative controls: the env of another seed gives another placement, and a driver never given the
+    env (a robot's) refuses to predict."""
+    keys = keys_from_config(defaults()["dataset"])
+    dataset = EpisodeDataset([recording.path], keys, horizon=4, image_size=(64, 64), estimator=TruePlacement())
+    states = np.stack([dataset[t]["observation.state"].numpy() for t in range(len(dataset))])
+    truth = np.array([recording.attrs["phantom_dx"] * 1000, recording.attrs["phantom_dy"] * 1000,
+                      np.degrees(recording.attrs["phantom_yaw"])], np.float32)
+    assert np.abs(truth[:2]).max() > 1.0  # a placement away from the nominal one: the units show
+    np.testing.assert_array_equal(states[:, :6], recording.ee_pose)
+    np.testing.assert_allclose(states[:, 6:], np.tile(truth, (len(states), 1)), rtol=1e-6)
+    stats, _ = compute_stats([recording.path], keys, progress=False, estimator=TruePlacement())
+    np.testing.assert_allclose(stats["observation.state"]["mean"][6:], truth, rtol=1e-5)
+
+    inputs = PolicyInputs(cameras={camera: f"observation.images.{name}" for camera, name in keys.cameras.items()},
+                          state=("ee_pose",), task="", image_side=64, jpeg_quality=DEFAULT_JPEG_QUALITY,
+                          estimator=TruePlacement())
+    policy, preprocessor, postprocessor = build_policy(
+        make_policy_cfg(tiny_vlm_dir), state_dim=9, action_dim=6, camera_keys=CAMERA_KEYS, stats=make_stats(9, 6))
+    predicted_from = []
+
+    def seeing_preprocessor(batch):
+        predicted_from.append(batch["observation.state"][0, 6:].numpy().copy())
+        return preprocessor(batch)
+
+    driver = PolicyDriver(policy, seeing_preprocessor, postprocessor, inputs, n_action_steps=5)
+    env = env_of(recording.attrs, render_images=True)
+    seed = int(recording.attrs["sim_seed"])
+    for episode_seed in (seed, seed + 1):
+        observation, _ = env.reset(seed=episode_seed)
+        driver.reset(env, episode_seed)
+        driver.act(observation)
+    with pytest.raises(UserError, match="true placement.*not given the simulator's scene"):
+        driver.reset(None, seed)
+        driver.act(observation)
+    env.close()
+    np.testing.assert_allclose(predicted_from[0], truth, rtol=1e-6)
+    assert np.abs(predicted_from[1] - truth)[:2].max() > 0.5  # another seed's placement
 
 
 class RecordedActionsDriver:

@@ -48,6 +48,12 @@ def test_bad_overrides_name_the_key(override, message):
         load_config(SIM_CONFIG, [override])
 
 
+def test_the_true_placement_and_the_placement_estimate_are_one_or_the_other():
+    with pytest.raises(ConfigError, match="both put a placement in the state: set one of them"):
+        load_config(SIM_CONFIG, ["--dataset.true_placement=true", "--dataset.placement_estimate=/any/vlm"])
+    assert load_config(SIM_CONFIG, ["--dataset.true_placement=true"])["dataset"]["true_placement"] is True
+
+
 def test_unknown_key_in_file_suggests_the_closest(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  batch_sizee: 4\n")

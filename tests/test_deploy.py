@@ -496,7 +496,8 @@ def test_meca500_refuses_a_camera_layout_the_policy_was_not_trained_on(export, c
 
 def test_meca500_refuses_a_policy_that_sees_the_simulated_placement_estimate(export):
     """dataset.placement_estimate is a localizer trained on rendered frames: on the real robot, refused before
-    anything connects (the same policy and config without it pass the same check)."""
+    anything connects, as dataset.true_placement is on any robot (the same policy and config without them pass the
+    same check)."""
     loaded = load_policy(export, "cpu")
     dataset_cfg = training_config_of_export(export)[0]["dataset"]
     argv = ["--policy", export, "--robot", "meca500", "--robot.address", "127.0.0.1", "--cameras",
@@ -504,6 +505,8 @@ def test_meca500_refuses_a_policy_that_sees_the_simulated_placement_estimate(exp
     robot = make_robot(cli.parse_args([str(a) for a in argv]), dataset_cfg)  # builds, connects to nothing
     with pytest.raises(UserError, match="placement estimate of /any/vlm .*on the real robot.*placement_estimate: null"):
         check_layout(loaded.policy, {**dataset_cfg, "placement_estimate": "/any/vlm"}, robot, 90)
+    with pytest.raises(UserError, match="true placement .*which no robot can give it.*trained without it"):
+        check_layout(loaded.policy, {**dataset_cfg, "true_placement": True}, robot, 90)
     check_layout(loaded.policy, dataset_cfg, robot, 90)
 
 
