@@ -250,7 +250,9 @@ def main(argv=None):
     data_overrides = [f"--dataset.root_dir={data}", f"--normalization.stats_file={stats}",
                       *([f"--dataset.placement_estimate={vlm}"] if tier.placement_estimate else []),
                       *(["--dataset.near_target_estimate=true"] if tier.near_target_estimate else []),
-                      *(["--dataset.true_placement=true"] if tier.true_placement else [])]
+                      *(["--dataset.true_placement=true"] if tier.true_placement else []),
+                      # the statistics see the dataset section training sees (e.g. --dataset.relative_actions=true)
+                      *[o for o in user_overrides if o.startswith("--dataset.")]]
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
         f"--scheduler.num_decay_steps={steps}", f"--training.save_freq={steps}", f"--validation.val_freq={steps // 4}",
@@ -259,7 +261,7 @@ def main(argv=None):
         # the evaluations during training execute chunks as the final one does
         *([f"--evaluation.temporal_ensemble_coeff={args.temporal_ensemble_coeff}"]
           if args.temporal_ensemble_coeff is not None else []),
-        *user_overrides,
+        *[o for o in user_overrides if not o.startswith("--dataset.")],  # those are in data_overrides
     ]
     final_hf = run_dir / "checkpoints" / "final_hf"
     if args.eval_only:

@@ -266,16 +266,24 @@ class TruePlacement:
     """A perfect estimate (dataset.true_placement): the simulator's own placement where the localizer's estimate
     would stand in the state, from each episode's recorded attributes in training and from the env's scene_params
     in closed loop. No robot has it: it measures how much of the closed-loop error is the policy's own, with the
-    placement known exactly (benchmarks/bench_learning.py --true_placement)."""
+    placement known exactly (benchmarks/bench_learning.py --true_placement). offset_mm moves its dx, dy: a
+    localizer's error, to measure how much of it a policy tolerates (benchmarks/probe_placement_tolerance.py)."""
 
     cameras = ()
     near = None
 
+    def __init__(self, offset_mm=(0.0, 0.0)):
+        self.offset = np.array([*offset_mm, 0.0], np.float32)
+
+    def placement(self, scene_params: dict) -> np.ndarray:
+        """(dx mm, dy mm, yaw deg) of an episode's attributes or the env's scene_params, offset."""
+        return np.asarray(placement_offsets(scene_params), np.float32) + self.offset
+
     def tracker(self, scene_params: dict | None = None) -> "KnownPlacement":
-        return KnownPlacement(scene_params)
+        return KnownPlacement(self, scene_params)
 
     def episode_estimates(self, episode) -> np.ndarray:
-        return np.tile(np.asarray(placement_offsets(episode.attrs), np.float32), (episode.length, 1))
+        return np.tile(self.placement(episode.attrs), (episode.length, 1))
 
     def frame_estimates(self, episode, read_image: Callable | None = None) -> Iterator[np.ndarray]:
         yield from self.episode_estimates(episode)
@@ -284,8 +292,8 @@ class TruePlacement:
 class KnownPlacement:
     """TruePlacement's tracker: the episode's placement at every frame, its images unread."""
 
-    def __init__(self, scene_params: dict | None):
-        self.scene_params = scene_params
+    def __init__(self, estimator: TruePlacement, scene_params: dict | None):
+        self.estimator, self.scene_params = estimator, scene_params
         self.current = None
 
     def update(self, ee_pose, frames: Callable[[tuple], dict]) -> np.ndarray:
@@ -293,7 +301,7 @@ class KnownPlacement:
             raise UserError("dataset.true_placement: the policy's state holds the simulator's true placement, but "
                             "this driver was not given the simulator's scene (PolicyDriver.reset(env, seed)): run "
                             "it in evaluate_smolvla_sim.py, or train without dataset.true_placement.")
-        self.current = np.asarray(placement_offsets(self.scene_params), np.float32)
+        self.current = self.estimator.placement(self.scene_params)
         return self.current.copy()
 
 
