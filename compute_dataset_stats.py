@@ -42,12 +42,7 @@ def main():
         refined = ", refined near the trocar" if estimator.near else ""
         print(f"  the state ends with the placement estimate of {dataset_cfg['placement_estimate']} "
               f"({', '.join(ESTIMATE_NAMES)}{refined}), as training appends it")
-    relative = dataset_cfg["relative_actions"]
-    if relative:
-        print(f"  actions relative to the joints at each chunk's frame (dataset.relative_actions, chunks of "
-              f"{dataset_cfg['horizon']}), as training sees them")
-    stats, skipped = compute_stats(paths, keys, skip_bad=args.skip_bad, estimator=estimator,
-                                   relative_horizon=dataset_cfg["horizon"] if relative else None)
+    stats, skipped = compute_stats(paths, keys, skip_bad=args.skip_bad, estimator=estimator)
     for path, reason in skipped:
         print(f"skipped: {reason}")
     source = {
@@ -55,8 +50,7 @@ def main():
         "state_keys": list(keys.state_keys), "action_key": keys.action_key,
         "placement_estimate": dataset_cfg["placement_estimate"],
         "near_target_estimate": dataset_cfg["near_target_estimate"],
-        "true_placement": dataset_cfg["true_placement"], "relative_actions": relative,
-        "horizon": dataset_cfg["horizon"],
+        "true_placement": dataset_cfg["true_placement"],
     }
     save_stats(stats, args.output, source)
     for feature, s in stats.items():

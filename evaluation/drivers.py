@@ -13,7 +13,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from evaluation.policy_io import PolicyInputs, absolute_actions, observation_batch, placement_estimate
+from evaluation.policy_io import PolicyInputs, observation_batch, placement_estimate
 from insertion_vla.errors import UserError
 from insertion_vla.policy import predict_action_chunk, prepare_batch
 from sim.expert import ScriptedExpert
@@ -130,8 +130,8 @@ class PolicyDriver:
             placement_estimate(observation, self.inputs, self.tracker)
 
     def predict_chunk(self, observation: dict) -> np.ndarray:
-        """The chunk (chunk_size, action_dim) the policy predicts from one observation, as joint targets (rad), with
-        the placement estimate that observe() made up to it."""
+        """The chunk (chunk_size, action_dim) the policy predicts from one observation, in joint units, with the
+        placement estimate that observe() made up to it."""
         estimate = None
         if self.tracker is not None:
             if self.tracker.current is None:
@@ -142,8 +142,7 @@ class PolicyDriver:
         config = self.policy.config
         noise = self.noise_scale * torch.randn(1, config.chunk_size, config.max_action_dim, generator=self._noise)
         noise = noise.to(self.device)
-        chunk = predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
-        return absolute_actions(chunk, observation, self.inputs)
+        return predict_action_chunk(self.policy, batch, self.postprocessor, noise=noise)[0].float().numpy()
 
     def act(self, observation: dict) -> np.ndarray:
         self.observe(observation)

@@ -48,8 +48,7 @@ def evaluate_recorded(loaded: LoadedPolicy, paths: list[Path], output_dir: Path,
     side = policy.config.resize_imgs_with_padding[0]
     dataset = EpisodeDataset(paths, keys_from_config(cfg["dataset"]), horizon=policy.config.chunk_size,
                              image_size=(side, side), task_instruction=cfg["dataset"]["task_instruction"],
-                             estimator=estimator_from_config(cfg["dataset"]),
-                             relative_actions=cfg["dataset"].get("relative_actions", False))
+                             estimator=estimator_from_config(cfg["dataset"]))
     rows, abs_sum, frames = [], np.zeros(dataset.action_dim), 0
     for position in tqdm(range(len(paths)), desc="episodes", unit="ep", dynamic_ncols=True, leave=False):
         true, pred = predict_episode(loaded.policy, loaded.preprocessor, loaded.postprocessor, dataset, position,

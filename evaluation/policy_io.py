@@ -38,7 +38,6 @@ class PolicyInputs:
     image_side: int  # policy.resize_imgs_with_padding (square)
     jpeg_quality: int  # JPEG round trip as the collector stores frames; 0: none
     estimator: object = None  # insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate), or None
-    relative_actions: bool = False  # the policy's chunks are relative to the observation's qpos (dataset.relative_actions)
 
 
 @dataclass
@@ -144,7 +143,6 @@ def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QU
     return PolicyInputs(
         cameras=cameras, state=state, task=dataset_cfg["task_instruction"] or TASK_INSTRUCTION,
         image_side=policy.config.resize_imgs_with_padding[0], jpeg_quality=jpeg_quality, estimator=estimator,
-        relative_actions=dataset_cfg.get("relative_actions", False),  # absent in the configs of older exports
     )
 
 
@@ -153,12 +151,6 @@ def placement_estimate(observation: dict, inputs: PolicyInputs, tracker: Episode
     its frames after the recorder's JPEG round trip, as training made it from the recorded frames."""
     return tracker.update(observation["ee_pose"], lambda cameras: {
         camera: as_recorded(observation["images"][camera], inputs.jpeg_quality) for camera in cameras})
-
-
-def absolute_actions(chunk: np.ndarray, observation: dict, inputs: PolicyInputs) -> np.ndarray:
-    """A predicted chunk (chunk_size, 6) as joint targets: with relative actions, the observation's qpos (the one the
-    chunk was predicted from) added back, as training subtracted the recorded qpos at the chunk's frame."""
-    return chunk + np.asarray(observation["qpos"], chunk.dtype) if inputs.relative_actions else chunk
 
 
 def observation_batch(observation: dict, inputs: PolicyInputs, estimate: np.ndarray | None = None) -> dict:

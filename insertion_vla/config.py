@@ -70,9 +70,6 @@ SCHEMA = {
         "use_qpos": _field(False, help="state includes observations/qpos (when state_key is null)"),
         "state_key": _field(None, str, NoneType, help="HDF5 path of the state; overrides use_ee_pose/use_qpos"),
         "action_key": _field("action", help="HDF5 path of the action"),
-        "relative_actions": _field(False, help="the policy learns each chunk's actions relative to the joints "
-                                               "measured at its frame (action[t+k] - observations/qpos[t]); the "
-                                               "evaluator and the robot add the observation's qpos back"),
         "placement_estimate": _field(None, str, NoneType,
                                      help="a VLM folder pretrained by insertion_vla.vision_pretrain: its localizer's "
                                           "estimate of the phantom's placement (dx, dy mm, yaw deg) from each "

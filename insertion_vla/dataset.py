@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from episode_format import QPOS_KEY
 from episode_format.errors import EpisodeFormatError
 from episode_format.reader import EpisodeKeys, open_episode
 from insertion_vla.errors import UserError
@@ -87,13 +86,11 @@ class EpisodeDataset(Dataset):
     estimator: an insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate) whose estimate at each
     frame is appended to that frame's state; None: the recorded state alone. The estimate at a frame depends on
     the frames before it: with replace_bad_frames, one it cannot read is a bad frame of every sample from it on.
-    relative_actions: a sample's actions are relative to the joints measured at its frame (observations/qpos[t],
-    dataset.relative_actions); action_reference(position, t) gives what to add back.
     """
 
     def __init__(self, paths, keys: EpisodeKeys, *, horizon: int, image_size, task_instruction=None,
                  episode_indices=None, augmentation: dict | None = None, seed: int = 0, decode: str = "cpu",
-                 replace_bad_frames: bool = False, estimator=None, relative_actions: bool = False):
+                 replace_bad_frames: bool = False, estimator=None):
         self.paths = [Path(p) for p in paths]
         self.keys = keys
         self.horizon = horizon
@@ -110,11 +107,9 @@ class EpisodeDataset(Dataset):
             raise UserError("dataset.augment needs dataset.decode=cpu: the augmentation works on decoded images.")
         self.decode = decode
         self.replace_bad_frames = replace_bad_frames
-        self.relative_actions = relative_actions
 
         self.lengths, dims = [], {}
         self.estimates = []  # per episode: the placement estimates appended to its states, (T, 3) or (T, 0)
-        self.references = []  # per episode: what its actions are relative to, (T, action_dim): qpos, or zeros
         self.estimate_bad_from = {}  # episode position -> the record of the bad frame from which its estimates are unknown
         for path in self.paths:  # opening checks every file's schema up front, before any training step
             with self._open_episode(path) as ep:
@@ -122,12 +117,6 @@ class EpisodeDataset(Dataset):
                 self.lengths.append(ep.length)
                 self.estimates.append(self._estimates(ep, estimator) if estimator is not None
                                       else np.zeros((ep.length, 0), np.float32))
-                self.references.append(ep.read_array(QPOS_KEY) if relative_actions else np.zeros_like(ep.action))
-                if self.references[-1].shape[1] != ep.action.shape[1]:
-                    raise UserError(f"{path}: dataset.relative_actions subtracts {QPOS_KEY} "
-                                    f"({self.references[-1].shape[1]} values) from {keys.action_key} "
-                                    f"({ep.action.shape[1]}): they must be the same joints. Set "
-                                    "dataset.relative_actions: false for this data.")
                 dims.setdefault((ep.state.shape[1] + self.estimates[-1].shape[1], ep.action.shape[1]), path)
                 raw = [camera for camera in keys.cameras if not ep.is_jpeg(camera)]
                 if decode == "cuda" and raw:
@@ -240,9 +229,7 @@ class EpisodeDataset(Dataset):
             raise BadFrame(path, "", t, _problem(err, path)) from err
         steps = np.arange(t, t + self.horizon)
         rows = np.minimum(steps, ep.length - 1)
-        reference = self.references[pos][t]
-        for name, values, frames in (("state", ep.state[t:t + 1], [t]), (self.keys.action_key, ep.action[rows], rows),
-                                     ("the actions' reference (qpos)", reference[None], [t])):
+        for name, values, frames in (("state", ep.state[t:t + 1], [t]), (self.keys.action_key, ep.action[rows], rows)):
             finite = np.isfinite(values).all(axis=1)
             if not finite.all():
                 frame = frames[np.argmin(finite)]
@@ -263,16 +250,12 @@ class EpisodeDataset(Dataset):
                 image = torch.from_numpy(read_frame(ep, camera, t))
             sample[f"observation.images.{name}"] = image
         sample["observation.state"] = torch.from_numpy(np.concatenate([ep.state[t], self.estimates[pos][t]]))
-        sample["action"] = torch.from_numpy(ep.action[rows] - reference)
+        sample["action"] = torch.from_numpy(ep.action[rows])
         sample["action_is_pad"] = torch.from_numpy(steps >= ep.length)
         sample["task"] = ep.task(self.task_instruction)
         sample["episode_index"] = self.episode_indices[pos]
         sample["frame_index"] = t
         return sample
-
-    def action_reference(self, position: int, t: int) -> np.ndarray:
-        """What the actions of the sample at frame t of episode `position` are relative to (zeros when absolute)."""
-        return self.references[position][t]
 
     @staticmethod
     def image_tensor(img: np.ndarray) -> torch.Tensor:

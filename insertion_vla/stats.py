@@ -11,7 +11,6 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from episode_format import QPOS_KEY
 from episode_format.atomic import atomic_write_text
 from episode_format.errors import EpisodeFormatError
 from episode_format.reader import EpisodeKeys, open_episode
@@ -59,15 +58,12 @@ class RunningStats:
         }
 
 
-def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress: bool = True, estimator=None,
-                  relative_horizon: int | None = None):
+def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress: bool = True, estimator=None):
     """-> (stats, skipped): stats keyed by feature; skipped = [(path, reason)] of bad files (skip_bad only).
 
     Without skip_bad, every bad file is listed in one error, so one run tells the user all that is wrong.
     estimator: an insertion_vla.localizer.PlacementEstimator whose estimate at each frame is part of its state row,
     as training builds it (dataset.placement_estimate); None: the recorded state alone.
-    relative_horizon: with dataset.relative_actions, the chunk length (dataset.horizon): the action statistics are
-    those of every in-episode action of every chunk relative to the joints at its frame, as training sees them.
     """
     state, action = RunningStats(), RunningStats()
     bad, dims = [], {}
@@ -85,8 +81,7 @@ def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress:
                     state.update(ep.state)
                 else:
                     state.update(np.hstack([ep.state, estimator.episode_estimates(ep)]))
-                action.update(ep.action if relative_horizon is None
-                              else relative_chunk_actions(ep.action, ep.read_array(QPOS_KEY), relative_horizon))
+                action.update(ep.action)
         except EpisodeFormatError as err:
             bad.append((Path(path), str(err)))
     if bad and not skip_bad:
@@ -98,11 +93,6 @@ def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress:
     if state.count == 0:
         raise UserError(f"no usable episode among the {len(paths)} files: nothing to compute statistics from.")
     return {"observation.state": state.result(), "action": action.result()}, bad
-
-
-def relative_chunk_actions(action: np.ndarray, qpos: np.ndarray, horizon: int) -> np.ndarray:
-    """Every action[t + k] - qpos[t] with 0 <= k < horizon and t + k inside the episode: (about T * horizon, D)."""
-    return np.concatenate([action[k:] - qpos[:len(action) - k] for k in range(min(horizon, len(action)))])
 
 
 def save_stats(stats: dict, path, source: dict | None = None):
@@ -134,20 +124,6 @@ def load_stats(path) -> dict:
         stats[feature] = {n: np.asarray(entry[n], dtype=np.float32) for n in STAT_NAMES}
         stats[feature]["count"] = int(entry.get("count", 0))
     return stats
-
-
-def check_action_reference(stats_path, relative_actions: bool, horizon: int) -> None:
-    """Refuse statistics of absolute actions for relative ones, or the reverse (the dimensions agree, so nothing
-    else would notice): compute_dataset_stats.py records dataset.relative_actions and the chunk length."""
-    source = (yaml.safe_load(Path(stats_path).read_text()) or {}).get("source") or {}
-    made_relative = bool(source.get("relative_actions", False))  # files from before the key: absolute
-    made_horizon = source.get("horizon", horizon)
-    if made_relative != relative_actions or (relative_actions and made_horizon != horizon):
-        made = f"relative actions in chunks of {made_horizon}" if made_relative else "absolute actions"
-        wanted = f"relative in chunks of {horizon}" if relative_actions else "absolute"
-        raise UserError(f"{stats_path}: its action statistics are of {made}, but this training's actions are "
-                        f"{wanted} (dataset.relative_actions, dataset.horizon). Recreate it with "
-                        "compute_dataset_stats.py given the same --config and --dataset.* overrides as the training.")
 
 
 def near_constant_dims(stats: dict) -> list[tuple[str, int, float]]:

@@ -38,7 +38,7 @@ from insertion_vla.plots import plot_loss_curves, plot_trajectories
 from insertion_vla.policy import build_policy, make_training_loss, prepare_batch
 from insertion_vla.run_state import RunState
 from insertion_vla.spikes import LossWatch, SpikeLog
-from insertion_vla.stats import check_action_reference, check_stats_match, load_stats
+from insertion_vla.stats import check_stats_match, load_stats
 from insertion_vla.validation import predict_episode, split_episodes, validate, validation_subset, write_validation_list
 
 CHECKPOINT_FORMAT = 1
@@ -188,7 +188,7 @@ def episode_datasets(cfg, keys, paths, train_idx, val_idx):
     dataset = cfg["dataset"]
     common = dict(keys=keys, horizon=dataset["horizon"], image_size=cfg["policy"]["resize_imgs_with_padding"],
                   task_instruction=dataset["task_instruction"], seed=cfg["seed"], replace_bad_frames=True,
-                  estimator=estimator_from_config(dataset), relative_actions=dataset["relative_actions"])
+                  estimator=estimator_from_config(dataset))
     train_set = EpisodeDataset([paths[i] for i in train_idx], episode_indices=train_idx, decode=dataset["decode"],
                                augmentation=dataset["augmentation"] if dataset["augment"] else None, **common)
     val_set = EpisodeDataset([paths[i] for i in val_idx], episode_indices=val_idx, **common) if val_idx else None
@@ -201,7 +201,6 @@ def normalization_stats(normalization, train_set):
         return None
     stats = load_stats(normalization["stats_file"])
     check_stats_match(stats, train_set.state_dim, train_set.action_dim, normalization["stats_file"])
-    check_action_reference(normalization["stats_file"], train_set.relative_actions, train_set.horizon)
     return stats
 
 

@@ -101,8 +101,7 @@ def validate(policy, preprocessor, postprocessor, dataset, *, info, batch_size, 
 @torch.no_grad()
 def predict_episode(policy, preprocessor, postprocessor, dataset, position: int, device, autocast) -> tuple:
     """Open-loop replay of one held-out episode: a chunk predicted every n_action_steps frames from the
-    recorded observations, laid end to end -> (true actions (T, A), predicted (T, A)), both absolute (a chunk's
-    reference added back with dataset.relative_actions)."""
+    recorded observations, laid end to end -> (true actions (T, A), predicted (T, A))."""
     length = dataset.lengths[position]
     step = policy.config.n_action_steps
     true, pred = [], []
@@ -113,8 +112,7 @@ def predict_episode(policy, preprocessor, postprocessor, dataset, position: int,
         with autocast():
             chunk = predict_action_chunk(policy, prepare_batch(raw, preprocessor, device), postprocessor)
         keep = min(step, length - t)
-        reference = dataset.action_reference(position, t)
-        pred.append(chunk[0, :keep].float().cpu().numpy() + reference)
-        true.append(raw["action"][0, :keep].numpy() + reference)
+        pred.append(chunk[0, :keep].float().cpu().numpy())
+        true.append(raw["action"][0, :keep].numpy())
     policy.train(was_training)
     return np.concatenate(true), np.concatenate(pred)

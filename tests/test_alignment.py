@@ -22,7 +22,7 @@ from episode_format import ACTION_KEY, EE_POSE_KEY, IMAGES_GROUP, QPOS_KEY
 from episode_format.jpeg import DEFAULT_JPEG_QUALITY
 from episode_format.reader import open_episode
 from evaluation.drivers import PolicyDriver
-from evaluation.policy_io import PolicyInputs, absolute_actions, placement_estimate
+from evaluation.policy_io import PolicyInputs, placement_estimate
 from evaluation.rollout import run_episode
 from insertion_vla.checkpoint import load_checkpoint, restore_policy
 from insertion_vla.config import defaults
@@ -135,47 +135,6 @@ def test_the_dataset_sample_at_frame_t_holds_action_t_and_state_t(recording):
     # off would fail the equalities above.
     for array in (recording.action, recording.ee_pose):
         assert np.mean(np.any(array[1:] != array[:-1], axis=1)) > 0.8
-
-
-def test_relative_actions_are_the_recorded_ones_less_the_joints_at_the_chunks_frame(recording, collection_env,
-                                                                                   tiny_vlm_dir):  # noqa: F811
-    """dataset.relative_actions: the sample at frame t holds action[t..t+H) - qpos[t], and the evaluator, given the
-    observation the env makes at frame t (replayed from the recorded seed), turns it back into the recorded actions.
-    Negative control: the observation of the next frame does not. The driver adds exactly the observation's qpos
-    to what the policy predicts."""
-    horizon, length = 8, len(recording.action)
-    keys = keys_from_config(defaults()["dataset"])
-    dataset = EpisodeDataset([recording.path], keys, horizon=horizon, image_size=(64, 64), relative_actions=True)
-    inputs = PolicyInputs(cameras={camera: f"observation.images.{name}" for camera, name in keys.cameras.items()},
-                          state=("ee_pose",), task="", image_side=64, jpeg_quality=0, relative_actions=True)
-    qpos, *_ = replay(collection_env, int(recording.attrs["sim_seed"]), recording.action)
-    late = 0
-    for t in range(length):
-        sample = dataset[t]
-        in_episode = min(horizon, length - t)
-        chunk = sample["action"].numpy()
-        np.testing.assert_array_equal(chunk[:in_episode], recording.action[t:t + in_episode] - recording.qpos[t])
-        np.testing.assert_array_equal(dataset.action_reference(0, t), recording.qpos[t])
-        np.testing.assert_allclose(absolute_actions(chunk, {"qpos": qpos[t]}, inputs)[:in_episode],
-                                   recording.action[t:t + in_episode], rtol=0, atol=1e-6)
-        if t + 1 < length:
-            late = max(late, np.abs(absolute_actions(chunk, {"qpos": qpos[t + 1]}, inputs)[0] - recording.action[t]).max())
-    assert late > 1e-3  # rad: a reference a frame late moves the targets
-    absolute = EpisodeDataset([recording.path], keys, horizon=horizon, image_size=(64, 64))
-    np.testing.assert_array_equal(absolute[5]["action"].numpy(), recording.action[5:5 + horizon])
-
-    policy, preprocessor, postprocessor = build_policy(
-        make_policy_cfg(tiny_vlm_dir), state_dim=6, action_dim=6, camera_keys=CAMERA_KEYS, stats=make_stats(6, 6))
-    env = env_of(recording.attrs, render_images=True)
-    seed = int(recording.attrs["sim_seed"])
-    observation, _ = env.reset(seed=seed)
-    chunks = []
-    for relative in (True, False):
-        driver = PolicyDriver(policy, preprocessor, postprocessor, replace(inputs, relative_actions=relative))
-        driver.reset(env, seed)  # the same sampler noise for both
-        chunks.append(driver.predict_chunk(observation))
-    env.close()
-    np.testing.assert_allclose(chunks[0] - chunks[1], np.tile(observation["qpos"], (len(chunks[0]), 1)), atol=1e-6)
 
 
 def test_training_and_the_evaluator_append_the_same_placement_estimate_at_every_frame(recording, tmp_path_factory,

@@ -9,16 +9,7 @@ import yaml
 from episode_files import write_dataset
 
 from episode_format.reader import EpisodeKeys
-from insertion_vla.dataset import EpisodeDataset
-from insertion_vla.errors import UserError
-from insertion_vla.stats import (
-    RunningStats,
-    check_action_reference,
-    check_stats_match,
-    compute_stats,
-    load_stats,
-    save_stats,
-)
+from insertion_vla.stats import RunningStats, check_stats_match, compute_stats, load_stats
 
 KEYS = EpisodeKeys(cameras={"side_camera": "camera1"}, state_keys=("observations/ee_pose",))
 
@@ -65,32 +56,6 @@ def test_cli_writes_yaml_matching_numpy(tmp_path):
     check_stats_match(loaded, 6, 6, out)
     with pytest.raises(Exception, match="statistics have 6 dims but the data has 3"):
         check_stats_match(loaded, 3, 6, out)
-
-
-def test_relative_action_statistics_are_those_of_the_chunks_training_sees(tmp_path):
-    """With dataset.relative_actions the action statistics describe every in-episode action of every sample's chunk
-    less the joints at its frame; absolute statistics are refused for such training, and relative ones for
-    absolute training or another chunk length."""
-    paths = write_dataset(tmp_path / "data", n=2, length=12)
-    horizon = 5
-    stats, _ = compute_stats(paths, KEYS, progress=False, relative_horizon=horizon)
-    dataset = EpisodeDataset(paths, KEYS, horizon=horizon, image_size=(32, 32), relative_actions=True)
-    rows = np.concatenate([s["action"].numpy()[~s["action_is_pad"].numpy()] for s in map(dataset.__getitem__,
-                                                                                          range(len(dataset)))])
-    assert stats["action"]["count"] == len(rows) == 2 * sum(min(horizon, 12 - t) for t in range(12))
-    np.testing.assert_allclose(stats["action"]["mean"], rows.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(stats["action"]["std"], rows.std(0), rtol=1e-4)
-    absolute, _ = compute_stats(paths, KEYS, progress=False)
-    assert np.abs(absolute["action"]["mean"] - stats["action"]["mean"]).max() > 0.01  # they do differ
-
-    made = {"absolute": (None, False), "relative": ({"relative_actions": True, "horizon": horizon}, True)}
-    for name, (source, relative) in made.items():
-        save_stats(stats, tmp_path / f"{name}.yaml", source)
-        check_action_reference(tmp_path / f"{name}.yaml", relative, horizon)
-        with pytest.raises(UserError, match=f"{name}.yaml: its action statistics are of .*same --config"):
-            check_action_reference(tmp_path / f"{name}.yaml", not relative, horizon)
-    with pytest.raises(UserError, match="relative actions in chunks of 5, but .* relative in chunks of 50"):
-        check_action_reference(tmp_path / "relative.yaml", True, 50)
 
 
 def test_max_episodes_and_qpos_config(tmp_path):
