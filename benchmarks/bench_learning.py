@@ -251,7 +251,7 @@ def main(argv=None):
                       *([f"--dataset.placement_estimate={vlm}"] if tier.placement_estimate else []),
                       *(["--dataset.near_target_estimate=true"] if tier.near_target_estimate else []),
                       *(["--dataset.true_placement=true"] if tier.true_placement else []),
-                      # the statistics see the dataset section training sees (e.g. --dataset.relative_actions=true)
+                      # the statistics see the dataset section training sees (e.g. --dataset.use_qpos=true)
                       *[o for o in user_overrides if o.startswith("--dataset.")]]
     train_overrides = [
         *data_overrides, f"--policy.vlm_model_name={vlm}", f"--output_dir={run_dir}", f"--training.steps={steps}",
