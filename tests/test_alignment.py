@@ -246,6 +246,11 @@ def test_with_the_true_placement_training_and_the_evaluator_append_the_episodes_
     env.close()
     np.testing.assert_allclose(predicted_from[0], truth, rtol=1e-6)
     assert np.abs(predicted_from[1] - truth)[:2].max() > 0.5  # another seed's placement
+    # offset_mm (benchmarks/probe_placement_tolerance.py) moves dx, dy and nothing else, in training and closed loop
+    moved = TruePlacement((0.3, -0.4))
+    np.testing.assert_allclose(moved.tracker(recording.attrs).update(None, None), truth + [0.3, -0.4, 0.0], rtol=1e-6)
+    with open_episode(recording.path, keys) as episode:
+        np.testing.assert_allclose(moved.episode_estimates(episode)[0], truth + [0.3, -0.4, 0.0], rtol=1e-6)
 
 
 class RecordedActionsDriver:
