@@ -37,7 +37,8 @@ class PolicyInputs:
     task: str
     image_side: int  # policy.resize_imgs_with_padding (square)
     jpeg_quality: int  # JPEG round trip as the collector stores frames; 0: none
-    estimator: object = None  # insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate), or None
+    estimator: object = None  # insertion_vla.localizer's PlacementEstimator or TruePlacement (dataset.placement_estimate
+    # or true_placement), or None
 
 
 @dataclass
@@ -135,7 +136,7 @@ def policy_inputs(policy, dataset_cfg: dict, jpeg_quality: int = DEFAULT_JPEG_QU
     state_dim = policy.config.robot_state_feature.shape[0]
     if state_dim != given:
         raise UserError(f"the policy expects a state of {state_dim} values, but {list(keys.state_keys)}"
-                        f"{' and the placement estimate' if estimator is not None else ''} give {given}: pass "
+                        f"{' and the placement' if estimator is not None else ''} give {given}: pass "
                         "--config with the config the policy was trained with")
     action_dim = policy.config.action_feature.shape[0]
     if action_dim != 6:

@@ -83,9 +83,10 @@ class EpisodeDataset(Dataset):
 
     decode: "cpu" (images decoded and resized here) or "cuda" (JPEG bytes returned, see insertion_vla.gpu_images).
     replace_bad_frames: a sample needing a bad frame is replaced (see the module's doc); else its error is raised.
-    estimator: an insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate) whose estimate at each
-    frame is appended to that frame's state; None: the recorded state alone. The estimate at a frame depends on
-    the frames before it: with replace_bad_frames, one it cannot read is a bad frame of every sample from it on.
+    estimator: an insertion_vla.localizer.PlacementEstimator (dataset.placement_estimate; or the TruePlacement of
+    dataset.true_placement) whose estimate at each frame is appended to that frame's state; None: the recorded
+    state alone. The estimate at a frame depends on the frames before it: with replace_bad_frames, one it cannot
+    read is a bad frame of every sample from it on.
     """
 
     def __init__(self, paths, keys: EpisodeKeys, *, horizon: int, image_size, task_instruction=None,

@@ -273,35 +273,46 @@ class TruePlacement:
     near = None
 
     def __init__(self, offset_mm=(0.0, 0.0)):
+        if len(offset_mm) != 2:
+            raise ValueError(f"TruePlacement(offset_mm): dx, dy in mm, got {offset_mm!r}")
         self.offset = np.array([*offset_mm, 0.0], np.float32)
 
-    def placement(self, scene_params: dict) -> np.ndarray:
+    def placement(self, scene_params: dict, source: str = "the simulator's scene") -> np.ndarray:
         """(dx mm, dy mm, yaw deg) of an episode's attributes or the env's scene_params, offset."""
+        missing = [key for key in OFFSET_KEYS if key not in scene_params]
+        if missing:
+            raise UserError(f"{source}: dataset.true_placement reads the placement from the attributes "
+                            f"{', '.join(OFFSET_KEYS)}, and {', '.join(missing)} is missing. It is for episodes "
+                            "recorded by sim.collect: train on those, or set dataset.true_placement: false.")
         return np.asarray(placement_offsets(scene_params), np.float32) + self.offset
 
     def tracker(self, scene_params: dict | None = None) -> "KnownPlacement":
         return KnownPlacement(self, scene_params)
 
     def episode_estimates(self, episode) -> np.ndarray:
-        return np.tile(self.placement(episode.attrs), (episode.length, 1))
+        return np.tile(self.placement(episode.attrs, str(episode.path)), (episode.length, 1))
 
     def frame_estimates(self, episode, read_image: Callable | None = None) -> Iterator[np.ndarray]:
         yield from self.episode_estimates(episode)
 
 
 class KnownPlacement:
-    """TruePlacement's tracker: the episode's placement at every frame, its images unread."""
+    """TruePlacement's tracker: the episode's placement at every frame, its images unread. Its fields are
+    EpisodeEstimate's (benchmarks/probe_entry_crossing.py reads them): the first estimate is the placement, and
+    nothing refines it."""
+
+    near_count = 0
 
     def __init__(self, estimator: TruePlacement, scene_params: dict | None):
         self.estimator, self.scene_params = estimator, scene_params
-        self.current = None
+        self.first = self.current = None
 
     def update(self, ee_pose, frames: Callable[[tuple], dict]) -> np.ndarray:
         if self.scene_params is None:
             raise UserError("dataset.true_placement: the policy's state holds the simulator's true placement, but "
                             "this driver was not given the simulator's scene (PolicyDriver.reset(env, seed)): run "
                             "it in evaluate_smolvla_sim.py, or train without dataset.true_placement.")
-        self.current = self.estimator.placement(self.scene_params)
+        self.first = self.current = self.estimator.placement(self.scene_params)
         return self.current.copy()
 
 

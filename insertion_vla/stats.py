@@ -62,8 +62,9 @@ def compute_stats(paths, keys: EpisodeKeys, *, skip_bad: bool = False, progress:
     """-> (stats, skipped): stats keyed by feature; skipped = [(path, reason)] of bad files (skip_bad only).
 
     Without skip_bad, every bad file is listed in one error, so one run tells the user all that is wrong.
-    estimator: an insertion_vla.localizer.PlacementEstimator whose estimate at each frame is part of its state row,
-    as training builds it (dataset.placement_estimate); None: the recorded state alone.
+    estimator: an insertion_vla.localizer.PlacementEstimator (or TruePlacement) whose estimate at each frame is part
+    of its state row, as training builds it (dataset.placement_estimate, true_placement); None: the recorded state
+    alone.
     """
     state, action = RunningStats(), RunningStats()
     bad, dims = [], {}

@@ -251,6 +251,8 @@ def test_with_the_true_placement_training_and_the_evaluator_append_the_episodes_
     np.testing.assert_allclose(moved.tracker(recording.attrs).update(None, None), truth + [0.3, -0.4, 0.0], rtol=1e-6)
     with open_episode(recording.path, keys) as episode:
         np.testing.assert_allclose(moved.episode_estimates(episode)[0], truth + [0.3, -0.4, 0.0], rtol=1e-6)
+    with pytest.raises(UserError, match="robot.h5: .*phantom_dx is missing.*recorded by sim.collect"):
+        TruePlacement().placement({"phantom_dy": 0.0, "phantom_yaw": 0.0}, "robot.h5")
 
 
 class RecordedActionsDriver:

@@ -505,8 +505,12 @@ def test_meca500_refuses_a_policy_that_sees_the_simulated_placement_estimate(exp
     robot = make_robot(cli.parse_args([str(a) for a in argv]), dataset_cfg)  # builds, connects to nothing
     with pytest.raises(UserError, match="placement estimate of /any/vlm .*on the real robot.*placement_estimate: null"):
         check_layout(loaded.policy, {**dataset_cfg, "placement_estimate": "/any/vlm"}, robot, 90)
-    with pytest.raises(UserError, match="true placement .*which no robot can give it.*trained without it"):
-        check_layout(loaded.policy, {**dataset_cfg, "true_placement": True}, robot, 90)
+    sim = make_robot(cli.parse_args([str(a) for a in ("--policy", export, "--robot", "sim")]),
+                     dataset_cfg)
+    for each in (robot, sim):
+        with pytest.raises(UserError, match="true placement .*which no robot can give it.*trained without it"):
+            check_layout(loaded.policy, {**dataset_cfg, "true_placement": True}, each, 90)
+    sim.close()
     check_layout(loaded.policy, dataset_cfg, robot, 90)
 
 
