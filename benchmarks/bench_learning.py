@@ -124,7 +124,7 @@ TIERS = {
                    near_target_estimate=True),
     # The narrow tier's pretraining and estimate: final tip error 25.8 -> 10.6 mm (0/20 both; the localizer, over
     # 10 times the narrow range, misses by 8.0 / 5.0 mm), together with the perturbation's stop at the stand-off.
-    # With the true placement instead (--true_placement): 0/20 at 3.80 mm, still falling at 6000 steps.
+    # With the true placement instead (--true_placement): 0/20 at 3.80 mm; 2.38 mm with 12000 steps, still falling.
     "full": Tier(placement={}, episodes=160, steps=6000, collect=RECOVERING, train=SEEING, vlm_preset="tiny-vision",
                  pretrain_vision=PRETRAIN_VISION, placement_estimate=True),
 }
