@@ -246,7 +246,8 @@ def main(argv=None):
     args, user_overrides = parse_args(argv)
     tier = with_true_placement(TIERS[args.tier]) if args.true_placement else TIERS[args.tier]
     label = args.tier + (" with the true placement" if args.true_placement else "")
-    out = (args.out or Path("outputs/bench_learning") / label.replace(" with the ", "_").replace(" ", "_")).resolve()
+    out = (args.out or Path("outputs/bench_learning") / (args.tier + ("_true_placement" if args.true_placement else ""))
+           ).resolve()
     episodes, steps = args.episodes or tier.episodes, args.steps or tier.steps
     data, stats, vlm, run_dir = out / "data", out / "dataset_stats.yaml", out / "tiny_vlm", out / "train"
     timings = {}

@@ -304,15 +304,15 @@ class KnownPlacement:
     near_count = 0
 
     def __init__(self, estimator: TruePlacement, scene_params: dict | None):
-        self.estimator, self.scene_params = estimator, scene_params
+        self.placement = estimator.placement(scene_params) if scene_params is not None else None  # once an episode
         self.first = self.current = None
 
     def update(self, ee_pose, frames: Callable[[tuple], dict]) -> np.ndarray:
-        if self.scene_params is None:
+        if self.placement is None:
             raise UserError("dataset.true_placement: the policy's state holds the simulator's true placement, but "
                             "this driver was not given the simulator's scene (PolicyDriver.reset(env, seed)): run "
                             "it in evaluate_smolvla_sim.py, or train without dataset.true_placement.")
-        self.first = self.current = self.estimator.placement(self.scene_params)
+        self.first = self.current = self.placement
         return self.current.copy()
 
 
