@@ -3,7 +3,7 @@ supervised check of the image path on poses on the way in, apart from the policy
 
     python -m benchmarks.bench_near_target_localization [--poses 2000] [--held_out 200] [--image_side 64]
            [--camera_sets tool_camera side_camera,top_camera,tool_camera] [--steps 2500] [--workers 2]
-           [--models vit keypoints] [--keypoints_steps 6000]
+           [--models vit keypoints] [--keypoints_steps 6000] [--keypoints_crop 22 32 64]
            [sim.collect's --phantom_* and domain randomization flags; default: the narrow tier's placement]
 
 Why: the localizer of insertion_vla.vision_pretrain sees the phantom from the start pose, where each fixed camera's
@@ -26,10 +26,11 @@ phantom moves and turns on the table), so the estimate's height error is known, 
 that goes with it can be taken out (the least-squares gain of the plane error on the height error, fitted on one
 half of the held-out poses and applied to the other, both ways).
 
---models keypoints adds, for each camera set, a second model beside the toolkit's (vit): a small CNN on a 64x64
-crop of each recorded frame around the needle tip at the recorded resolution (no downscaling), spatial soft-argmax
-keypoints into a two-layer head, the usual architecture for sub-pixel localization. Whether a different image model
-would do better than SmolVLA's image path, apart from what the cameras can show.
+--models keypoints adds, for each camera set, a second model beside the toolkit's (vit): a small CNN on a crop of
+each recorded frame around the needle tip at the recorded resolution (no downscaling; --keypoints_crop), spatial
+soft-argmax keypoints into a two-layer head, the usual architecture for sub-pixel localization. Whether a different
+image model would do better than SmolVLA's image path, apart from what the cameras can show; and with --width,
+--height and the crop scaled, whether more pixels would.
 """
 
 import argparse
@@ -59,9 +60,6 @@ from sim.kinematics import matrix_from_euler_xyz, matrix_from_rotvec  # noqa: E4
 from sim.randomization import add_randomization_args, randomization_from_args  # noqa: E402
 from sim.scene import CAMERA_NAMES, TOOL_CAMERA_POSITION, TOOL_LENGTH, trocar_in_world  # noqa: E402
 
-# The keypoint model's crop of a 128x96 recorded frame: 64x64, its top-left pixel (row, column). The tool camera's
-# needle tip lies about 5 pixels below the image centre (the camera looks 15 mm past it), the trocar above it.
-KEYPOINTS_CROP, KEYPOINTS_SIDE, KEYPOINTS_FRAME = (22, 32), 64, (96, 128)
 # The tool camera in the tip frame (m): the flange's mount less the tip's offset, turned into the tip's axes.
 TOOL_CAMERA_IN_TIP = matrix_from_rotvec(np.array([0.0, 0.0, -np.pi / 2])).T @ (
     np.asarray(TOOL_CAMERA_POSITION) - [0.0, 0.0, TOOL_LENGTH])
@@ -100,8 +98,8 @@ class KeypointLocalizer(torch.nn.Module):
         return self(as_pixels(images)) * self.target_std + self.target_mean
 
 
-def keypoint_crops(frames: dict, cameras: tuple) -> np.ndarray:
-    (row, col), side = KEYPOINTS_CROP, KEYPOINTS_SIDE
+def keypoint_crops(frames: dict, cameras: tuple, crop: tuple[int, int, int]) -> np.ndarray:
+    row, col, side = crop
     return np.stack([frames[c][row:row + side, col:col + side] for c in cameras]).transpose(0, 3, 1, 2)
 
 
@@ -155,8 +153,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
     parser.add_argument("--models", nargs="+", choices=("vit", "keypoints"), default=["vit"],
                         help="vit: the toolkit's localizer (SmolVLA's image path, a linear head); keypoints: a small "
-                        "CNN with soft-argmax keypoints on a crop at the recorded resolution (128x96 frames only) "
+                        "CNN with soft-argmax keypoints on a crop at the recorded resolution (--keypoints_crop) "
                         "(default: %(default)s)")
+    parser.add_argument("--keypoints_crop", nargs=3, type=int, default=[22, 32, 64], metavar=("ROW", "COL", "SIDE"),
+                        help="the keypoint model's square crop of each recorded frame: top-left pixel and side. The "
+                        "default is the tool camera's 64x64 around the needle tip and the trocar in a 128x96 frame "
+                        "(the tip about 5 pixels below the centre: the camera looks 15 mm past it); scale it with "
+                        "--width and --height (default: %(default)s)")
     parser.add_argument("--keypoints_steps", type=int, default=6000,
                         help="training steps of the keypoint model (default: %(default)s)")
     parser.add_argument("--tmp_dir", type=Path, default=Path("/tmp"), help="where the VLM config is written")
@@ -171,9 +174,12 @@ def main() -> None:
         parser.error(f"--poses {args.poses}: at least 2 (the targets are normalized by their spread)")
     if args.held_out < 4:
         parser.error(f"--held_out {args.held_out}: at least 4 (the height's gain is fitted on half of them)")
-    if "keypoints" in args.models and (args.height, args.width) != KEYPOINTS_FRAME:
-        parser.error(f"--models keypoints crops 128x96 frames around the needle tip; got --width {args.width} "
-                     f"--height {args.height}: leave them at 128 and 96, or run --models vit")
+    row, col, side = args.keypoints_crop
+    if "keypoints" in args.models and not (0 <= row and 0 <= col and side >= 8 and row + side <= args.height
+                                           and col + side <= args.width):
+        parser.error(f"--keypoints_crop {row} {col} {side}: the crop must lie within the {args.width}x{args.height} "
+                     "frames (--width, --height) and be at least 8 pixels: e.g. 22 32 64 for 128x96, 44 64 128 for "
+                     "256x192")
     vlm_dir = build_tiny_vlm(args.tmp_dir / "near_target_localization_tiny-vision", "tiny-vision")
     vlm_config = AutoConfig.from_pretrained(vlm_dir)
     problem = image_side_problem(vlm_config, args.image_side, "the tiny-vision preset")
@@ -212,7 +218,7 @@ def main() -> None:
                 model, steps = Localizer(vlm_config, cameras, args.image_side), args.steps
             else:
                 def inputs(poses, cameras=cameras):
-                    return np.stack([keypoint_crops(p.frames, cameras) for p in poses])
+                    return np.stack([keypoint_crops(p.frames, cameras, tuple(args.keypoints_crop)) for p in poses])
                 model, steps = KeypointLocalizer(cameras), args.keypoints_steps
             test_images = torch.from_numpy(inputs(test_poses))
             started = time.perf_counter()
