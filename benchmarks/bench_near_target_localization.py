@@ -46,7 +46,7 @@ from transformers import AutoConfig  # noqa: E402
 
 from benchmarks.bench_learning import TIERS  # noqa: E402
 from benchmarks.measure import load_average, machine, print_table  # noqa: E402
-from insertion_vla.localizer import Localizer, as_pixels, localizer_images  # noqa: E402
+from insertion_vla.localizer import Localizer, as_pixels, localizer_images, trocar_of_placement  # noqa: E402
 from insertion_vla.tiny_vlm import build_tiny_vlm  # noqa: E402
 from insertion_vla.vision_pretrain import (  # noqa: E402
     NEAR_HELD_OUT_BASE_SEED,
@@ -58,15 +58,11 @@ from insertion_vla.vision_pretrain import (  # noqa: E402
 )
 from sim.kinematics import matrix_from_euler_xyz, matrix_from_rotvec  # noqa: E402
 from sim.randomization import add_randomization_args, randomization_from_args  # noqa: E402
-from sim.scene import CAMERA_NAMES, TOOL_CAMERA_POSITION, TOOL_LENGTH, trocar_in_world  # noqa: E402
+from sim.scene import CAMERA_NAMES, TIP_FRAME_ROTVEC, TOOL_CAMERA_POSITION, TOOL_LENGTH  # noqa: E402
 
 # The tool camera in the tip frame (m): the flange's mount less the tip's offset, turned into the tip's axes.
-TOOL_CAMERA_IN_TIP = matrix_from_rotvec(np.array([0.0, 0.0, -np.pi / 2])).T @ (
+TOOL_CAMERA_IN_TIP = matrix_from_rotvec(TIP_FRAME_ROTVEC).T @ (
     np.asarray(TOOL_CAMERA_POSITION) - [0.0, 0.0, TOOL_LENGTH])
-
-
-def render_poses(count: int, base_seed: int, settings: RenderSettings, workers: int) -> list:
-    return render_near_poses(count, settings, base_seed, workers)
 
 
 class KeypointLocalizer(torch.nn.Module):
@@ -108,8 +104,7 @@ def entry_errors(predicted_mm: torch.Tensor, poses: list) -> np.ndarray:
     errors = []
     for offset, pose in zip(predicted_mm.numpy().astype(np.float64), poses):
         rotation = matrix_from_euler_xyz(pose.ee_pose[3:])
-        dx, dy, yaw = pose.placement
-        entry, _ = trocar_in_world(dx / 1000.0, dy / 1000.0, np.radians(yaw))
+        entry, _ = trocar_of_placement(pose.placement)
         errors.append((pose.ee_pose[:3] + rotation @ (offset / 1000.0) - entry) * 1000.0)
     return np.array(errors)
 
@@ -119,8 +114,7 @@ def tool_camera_rays(poses: list) -> np.ndarray:
     rays = []
     for pose in poses:
         rotation = matrix_from_euler_xyz(pose.ee_pose[3:])
-        dx, dy, yaw = pose.placement
-        entry, _ = trocar_in_world(dx / 1000.0, dy / 1000.0, np.radians(yaw))
+        entry, _ = trocar_of_placement(pose.placement)
         ray = entry - (pose.ee_pose[:3] + rotation @ TOOL_CAMERA_IN_TIP)
         rays.append(ray / np.linalg.norm(ray))
     return np.array(rays)
@@ -189,8 +183,8 @@ def main() -> None:
     phantom, dr = randomization_from_args(args)
     settings = RenderSettings(phantom=phantom, dr=dr, width=args.width, height=args.height)
     started = time.perf_counter()
-    train_poses = render_poses(args.poses, NEAR_RENDER_BASE_SEED, settings, args.workers)
-    test_poses = render_poses(args.held_out, NEAR_HELD_OUT_BASE_SEED, settings, args.workers)
+    train_poses = render_near_poses(args.poses, settings, NEAR_RENDER_BASE_SEED, args.workers)
+    test_poses = render_near_poses(args.held_out, settings, NEAR_HELD_OUT_BASE_SEED, args.workers)
     train_offsets = torch.from_numpy(np.stack([pose.offset_mm for pose in train_poses]))
     test_offsets = torch.from_numpy(np.stack([pose.offset_mm for pose in test_poses]))
     rays = tool_camera_rays(test_poses)

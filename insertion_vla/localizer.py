@@ -184,7 +184,7 @@ class NearTarget:
 
     def sees(self, ee_pose: np.ndarray, placement: np.ndarray) -> bool:
         """Whether the tip (ee_pose) is in the window, for the trocar where `placement` (dx, dy mm, yaw deg) puts it."""
-        entry, axis = trocar_in_world(placement[0] / 1000.0, placement[1] / 1000.0, np.radians(placement[2]))
+        entry, axis = trocar_of_placement(placement)
         past, across = along_and_across(ee_pose[:3], entry, axis)
         tilt = np.degrees(np.arccos(np.clip(matrix_from_euler_xyz(ee_pose[3:])[:, 2] @ axis, -1.0, 1.0)))
         # The rendered offsets are a cube of +/- across_mm per world axis, projected across the trocar axis: up to
@@ -195,6 +195,11 @@ class NearTarget:
     def placement_xy(self, frames: dict, ee_pose: np.ndarray, yaw_deg: float) -> np.ndarray:
         """The placement's dx, dy (mm) where this localizer sees the entry from the tip (ee_pose)."""
         return placement_xy_of_entry(self.localizer.estimate(frames), ee_pose, yaw_deg)
+
+
+def trocar_of_placement(placement) -> tuple[np.ndarray, np.ndarray]:
+    """The entry (m, world) and the trocar's unit axis where a placement (dx, dy mm, yaw deg) puts them."""
+    return trocar_in_world(placement[0] / 1000.0, placement[1] / 1000.0, np.radians(placement[2]))
 
 
 def placement_xy_of_entry(entry_in_tip_mm: np.ndarray, ee_pose: np.ndarray, yaw_deg: float) -> np.ndarray:

@@ -40,7 +40,8 @@ INSERTION_DEPTH = 0.0275  # m, from the entry site along the trocar axis
 HOLDER_LENGTH = 0.035  # m, flange to needle base
 NEEDLE_LENGTH = 0.040  # m
 TOOL_LENGTH = HOLDER_LENGTH + NEEDLE_LENGTH  # flange to needle tip along the flange z axis
-TIP_FRAME_QUAT = quat_from_rotvec(np.array([0.0, 0.0, -np.pi / 2]))  # tip frame in the flange frame
+TIP_FRAME_ROTVEC = np.array([0.0, 0.0, -np.pi / 2])  # tip frame in the flange frame
+TIP_FRAME_QUAT = quat_from_rotvec(TIP_FRAME_ROTVEC)
 
 # Servo stiffness (N m / rad) and rotor inertia reflected through the gearbox (kg m^2): stiff enough that the
 # arm settles on each 15 Hz command well inside a frame (tip tracking error < 1 mm, see the tests).
